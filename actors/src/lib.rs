@@ -1,0 +1,2 @@
+//! actors: the agent's actix actors (Device, Policy, Service, Lease, Announce),
+//! the messages they exchange and the state-table rows they own.

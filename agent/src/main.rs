@@ -1,0 +1,2 @@
+//! l2announcer: the node agent binary.
+fn main() {}

@@ -1,0 +1,2 @@
+//! integration: the lab (network namespaces as nodes on a bridge), the test
+//! Kubernetes API server, probes, end-to-end tests and benchmarks.

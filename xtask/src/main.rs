@@ -1,0 +1,2 @@
+//! xtask: `cargo xtask test|lab|bench`.
+fn main() {}
