@@ -1,0 +1,8 @@
+//! l2announcer: the node agent's wiring — command line, configuration, the
+//! local API on a unix socket, and the `run` loop that starts the actors.
+//! The logic of devices, policies, leases and the datapath lives in the
+//! `actors`, `statedb` and `bpf` crates; this crate only connects them.
+
+pub mod cli;
+pub mod config;
+pub mod duration;
