@@ -1,0 +1,125 @@
+//! The agent's state tables: row types, their indexes and how they print.
+//! `devices` rows come from [`crate::devices`]; the others are defined here.
+//! 
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Every table name the agent serves, in the order the CLI lists them.
+pub const NAMES: [&str; 4] = ["devices", "l2-announce", "leases", "policies"];
+
+/// One IP announced on one interface, wanted by one or more Services.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L2AnnounceRow {
+    pub ip: IpAddr,
+    pub network_interface: String,
+    /// `namespace/name` of every Service that wants this entry, sorted.
+    pub origins: Vec<String>,
+}
+
+impl L2AnnounceRow {
+    pub const HEADER: [&'static str; 3] = ["IP", "NetworkInterface", "Origins"];
+
+    /// The primary key: IP and interface.
+    pub fn key(&self) -> String {
+        announce_key(self.ip, &self.network_interface)
+    }
+
+    pub fn cells(&self) -> Vec<String> {
+        vec![
+            self.ip.to_string(),
+            self.network_interface.clone(),
+            self.origins.join(", "),
+        ]
+    }
+}
+
+/// Primary key text of an `l2-announce` row: sorts by IP family, then IP.
+pub fn announce_key(ip: IpAddr, interface: &str) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("4:{:08x}:{interface}", u32::from(v4)),
+        IpAddr::V6(v6) => format!("6:{:032x}:{interface}", u128::from(v6)),
+    }
+}
+
+/// This node's view of one Service's lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRow {
+    /// `namespace/name` of the Service.
+    pub service: String,
+    /// The Lease object's name, `cilium-l2announce-<ns>-<name>`.
+    pub lease: String,
+    pub holder: String,
+    /// Whether this node holds it.
+    pub me: bool,
+    /// RFC 3339 times as the Lease carries them; empty when unset.
+    pub acquired: String,
+    pub renewed: String,
+    pub transitions: i32,
+}
+
+impl LeaseRow {
+    pub const HEADER: [&'static str; 7] = [
+        "Service",
+        "Lease",
+        "Holder",
+        "Me",
+        "Acquired",
+        "Renewed",
+        "Transitions",
+    ];
+
+    pub fn cells(&self) -> Vec<String> {
+        vec![
+            self.service.clone(),
+            self.lease.clone(),
+            self.holder.clone(),
+            self.me.to_string(),
+            self.acquired.clone(),
+            self.renewed.clone(),
+            self.transitions.to_string(),
+        ]
+    }
+}
+
+/// A CiliumL2AnnouncementPolicy as this node evaluated it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRow {
+    pub name: String,
+    pub valid: bool,
+    /// `type: message` of each condition that is True.
+    pub conditions: Vec<String>,
+    /// `namespace/name` of the Services it selects for this node.
+    pub services: Vec<String>,
+    /// The interface regexes (empty = every selected device).
+    pub interfaces: Vec<String>,
+}
+
+impl PolicyRow {
+    pub const HEADER: [&'static str; 5] =
+        ["Name", "Valid", "Conditions", "Services", "Interfaces"];
+
+    pub fn cells(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.valid.to_string(),
+            self.conditions.join("; "),
+            self.services.join(", "),
+            self.interfaces.join(", "),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announce_keys_sort_numerically() {
+        let a = announce_key("192.0.2.9".parse().expect("ip"), "eth0");
+        let b = announce_key("192.0.2.10".parse().expect("ip"), "eth0");
+        let c = announce_key("2001:db8::1".parse().expect("ip"), "eth0");
+        assert!(a < b && b < c);
+    }
+}
