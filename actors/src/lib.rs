@@ -4,3 +4,4 @@
 pub mod policy;
 pub mod selector;
 pub mod tables;
+pub mod election;
