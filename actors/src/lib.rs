@@ -5,3 +5,4 @@ pub mod policy;
 pub mod selector;
 pub mod tables;
 pub mod election;
+pub mod selection;

@@ -1,0 +1,210 @@
+//! Which Services this node campaigns for, with which IPs and on which
+//! interfaces: a pure function of the compiled policies, the Service, this
+//! node's labels and the selected devices.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::policy::CompiledPolicy;
+
+/// The `loadBalancerClass` Cilium's L2 announcer answers to.
+pub const L2_ANNOUNCER_CLASS: &str = "io.cilium/l2-announcer";
+
+/// The parts of a Service the selection reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceView {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub load_balancer_class: Option<String>,
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `externalTrafficPolicy: Local`.
+    pub traffic_policy_local: bool,
+}
+
+impl ServiceView {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What a node needs beyond the policies to decide.
+#[derive(Debug, Clone, Default)]
+pub struct NodeView {
+    pub labels: BTreeMap<String, String>,
+    /// Names of the devices whose `selected` is true.
+    pub selected_devices: BTreeSet<String>,
+    /// `--enable-external-ips`.
+    pub external_ips_enabled: bool,
+}
+
+/// This node's candidacy for one Service: every (IP, interface) pair it
+/// would announce, and the policies that selected it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Candidacy {
+    pub entries: BTreeSet<(IpAddr, String)>,
+    pub policies: BTreeSet<String>,
+}
+
+impl Candidacy {
+    pub fn ips(&self) -> BTreeSet<IpAddr> {
+        self.entries.iter().map(|(ip, _)| *ip).collect()
+    }
+}
+
+/// Decides whether this node campaigns for `service`. `None` when no valid
+/// policy selects it here, or when it has nothing announceable on any
+/// selected interface (no lease is taken for such a Service). With
+/// `externalTrafficPolicy: Local`, `has_local_endpoint` must be true.
+pub fn candidacy(
+    policies: &[CompiledPolicy],
+    service: &ServiceView,
+    node: &NodeView,
+    has_local_endpoint: bool,
+) -> Option<Candidacy> {
+    match service.load_balancer_class.as_deref() {
+        None | Some(L2_ANNOUNCER_CLASS) => {}
+        Some(_) => return None,
+    }
+    if service.traffic_policy_local && !has_local_endpoint {
+        return None;
+    }
+    let mut out = Candidacy::default();
+    for policy in policies {
+        if !policy.selects_node(&node.labels)
+            || !policy.selects_service(&service.namespace, &service.name, &service.labels)
+        {
+            continue;
+        }
+        let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
+        if policy.external_ips && node.external_ips_enabled {
+            ips.extend(service.external_ips.iter().copied());
+        }
+        if policy.load_balancer_ips {
+            ips.extend(service.load_balancer_ips.iter().copied());
+        }
+        let interfaces: Vec<&String> = node
+            .selected_devices
+            .iter()
+            .filter(|d| policy.selects_interface(d))
+            .collect();
+        if ips.is_empty() || interfaces.is_empty() {
+            continue;
+        }
+        out.policies.insert(policy.name.clone());
+        for ip in &ips {
+            for iface in &interfaces {
+                out.entries.insert((*ip, (*iface).clone()));
+            }
+        }
+    }
+    (!out.entries.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{CiliumL2AnnouncementPolicySpec, compile};
+
+    fn policy(name: &str, yaml: &str) -> CompiledPolicy {
+        let spec: CiliumL2AnnouncementPolicySpec = serde_yaml::from_str(yaml).expect("yaml");
+        compile(name, &spec).expect("valid")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn node(devices: &[&str]) -> NodeView {
+        NodeView {
+            labels: BTreeMap::new(),
+            selected_devices: devices.iter().map(|s| s.to_string()).collect(),
+            external_ips_enabled: true,
+        }
+    }
+
+    fn service() -> ServiceView {
+        ServiceView {
+            namespace: "default".into(),
+            name: "web".into(),
+            labels: [("color".to_string(), "blue".to_string())].into(),
+            external_ips: vec![ip("198.51.100.7")],
+            load_balancer_ips: vec![ip("192.0.2.10"), ip("2001:db8::10")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ip_kinds_follow_the_policy_flags() {
+        let lb = policy("lb", "loadBalancerIPs: true");
+        let c = candidacy(&[lb], &service(), &node(&["eth0"]), false).expect("candidate");
+        assert_eq!(c.ips(), [ip("192.0.2.10"), ip("2001:db8::10")].into());
+        let ext = policy("ext", "externalIPs: true");
+        let c = candidacy(&[ext.clone()], &service(), &node(&["eth0"]), false).expect("candidate");
+        assert_eq!(c.ips(), [ip("198.51.100.7")].into());
+        // Without --enable-external-ips, externalIPs are not announced.
+        let mut n = node(&["eth0"]);
+        n.external_ips_enabled = false;
+        assert_eq!(candidacy(&[ext], &service(), &n, false), None);
+        // A policy with neither flag announces nothing: no candidacy.
+        assert_eq!(candidacy(&[policy("none", "{}")], &service(), &node(&["eth0"]), false), None);
+    }
+
+    #[test]
+    fn load_balancer_class_other_than_ours_is_ignored() {
+        let p = policy("p", "loadBalancerIPs: true");
+        let mut s = service();
+        s.load_balancer_class = Some("example.com/other".into());
+        assert_eq!(candidacy(&[p.clone()], &s, &node(&["eth0"]), false), None);
+        s.load_balancer_class = Some(L2_ANNOUNCER_CLASS.into());
+        assert!(candidacy(&[p], &s, &node(&["eth0"]), false).is_some());
+    }
+
+    #[test]
+    fn interfaces_regexes_pick_among_selected_devices() {
+        let p = policy("p", "loadBalancerIPs: true\ninterfaces: ['^eth[0-9]+']");
+        let c = candidacy(&[p], &service(), &node(&["eth0", "eth1", "bond0"]), false)
+            .expect("candidate");
+        let ifaces: BTreeSet<&str> = c.entries.iter().map(|(_, i)| i.as_str()).collect();
+        assert_eq!(ifaces, ["eth0", "eth1"].into());
+        assert_eq!(c.entries.len(), 4);
+        // No matching device: nothing to announce, no candidacy.
+        let p = policy("p", "loadBalancerIPs: true\ninterfaces: ['^wlan']");
+        assert_eq!(candidacy(&[p], &service(), &node(&["eth0"]), false), None);
+    }
+
+    #[test]
+    fn selectors_and_traffic_policy() {
+        let p = policy(
+            "p",
+            "loadBalancerIPs: true\nserviceSelector: {matchLabels: {color: red}}",
+        );
+        assert_eq!(candidacy(&[p], &service(), &node(&["eth0"]), false), None);
+        let p = policy(
+            "p",
+            "loadBalancerIPs: true\nnodeSelector: {matchLabels: {l2: 'yes'}}",
+        );
+        assert_eq!(candidacy(&[p.clone()], &service(), &node(&["eth0"]), false), None);
+        let mut n = node(&["eth0"]);
+        n.labels.insert("l2".into(), "yes".into());
+        assert!(candidacy(&[p.clone()], &service(), &n, false).is_some());
+        let mut local = service();
+        local.traffic_policy_local = true;
+        assert_eq!(candidacy(&[p.clone()], &local, &n, false), None);
+        assert!(candidacy(&[p], &local, &n, true).is_some());
+    }
+
+    #[test]
+    fn several_policies_union_their_entries() {
+        let a = policy("a", "loadBalancerIPs: true\ninterfaces: ['^eth0$']");
+        let b = policy("b", "externalIPs: true\ninterfaces: ['^eth1$']");
+        let c = candidacy(&[a, b], &service(), &node(&["eth0", "eth1"]), false)
+            .expect("candidate");
+        assert!(c.entries.contains(&(ip("192.0.2.10"), "eth0".into())));
+        assert!(c.entries.contains(&(ip("198.51.100.7"), "eth1".into())));
+        assert!(!c.entries.contains(&(ip("198.51.100.7"), "eth0".into())));
+        assert_eq!(c.policies, ["a".to_string(), "b".to_string()].into());
+    }
+}
