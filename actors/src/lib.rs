@@ -6,3 +6,4 @@ pub mod selector;
 pub mod tables;
 pub mod election;
 pub mod selection;
+pub mod kubeclient;

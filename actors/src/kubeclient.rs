@@ -1,0 +1,224 @@
+//! The agent's one Kubernetes client: kube's default stack plus a
+//! client-side token bucket (`--k8s-client-qps`, `--k8s-client-burst`) in
+//! front of every request, as client-go's rate limiter. Time spent waiting is
+//! logged like client-go ("Waited for … due to client-side throttling") and
+//! reported to a [`ThrottleObserver`] for the metrics.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tower::{Layer, Service};
+
+/// A token bucket: `rate` tokens per second, at most `burst` stored.
+/// Reservations may drive the balance negative; the caller then waits until
+/// its token exists (golang.org/x/time/rate's `Reserve`).
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    state: Mutex<BucketState>,
+}
+
+#[derive(Debug)]
+struct BucketState {
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket. `rate` and `burst` are validated positive by the
+    /// agent's configuration; smaller values are clamped to stay defined.
+    pub fn new(rate: f64, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        TokenBucket {
+            rate: rate.max(1e-6),
+            burst,
+            state: Mutex::new(BucketState { tokens: burst, last: now }),
+        }
+    }
+
+    /// Takes one token; returns how long the caller must wait for it.
+    pub fn reserve(&self, now: Instant) -> Duration {
+        // A poisoned lock only means another request panicked mid-update;
+        // the numbers inside are still usable.
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed = now.saturating_duration_since(s.last).as_secs_f64();
+        s.tokens = (s.tokens + elapsed * self.rate).min(self.burst);
+        s.last = now.max(s.last);
+        s.tokens -= 1.0;
+        if s.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-s.tokens / self.rate)
+        }
+    }
+}
+
+/// Receives every throttling wait (zero waits included) for metrics.
+pub trait ThrottleObserver: Send + Sync {
+    fn waited(&self, wait: Duration, method: &str, path: &str);
+}
+
+/// An observer that records nothing.
+pub struct NoObserver;
+
+impl ThrottleObserver for NoObserver {
+    fn waited(&self, _: Duration, _: &str, _: &str) {}
+}
+
+/// The tower layer that puts the bucket in front of a service.
+#[derive(Clone)]
+pub struct ThrottleLayer {
+    bucket: Arc<TokenBucket>,
+    observer: Arc<dyn ThrottleObserver>,
+}
+
+impl ThrottleLayer {
+    pub fn new(qps: f64, burst: u32, observer: Arc<dyn ThrottleObserver>) -> Self {
+        ThrottleLayer {
+            bucket: Arc::new(TokenBucket::new(qps, burst, Instant::now())),
+            observer,
+        }
+    }
+}
+
+impl<S> Layer<S> for ThrottleLayer {
+    type Service = Throttle<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Throttle {
+            inner,
+            bucket: self.bucket.clone(),
+            observer: self.observer.clone(),
+        }
+    }
+}
+
+/// A service whose requests each wait for a token first.
+#[derive(Clone)]
+pub struct Throttle<S> {
+    inner: S,
+    bucket: Arc<TokenBucket>,
+    observer: Arc<dyn ThrottleObserver>,
+}
+
+/// client-go logs waits above this at info level, and shorter ones not.
+const LONG_THROTTLE: Duration = Duration::from_secs(1);
+
+impl<S, B> Service<http::Request<B>> for Throttle<S>
+where
+    S: Service<http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let wait = self.bucket.reserve(Instant::now());
+        let method = req.method().to_string();
+        let path = req.uri().path().to_string();
+        self.observer.waited(wait, &method, &path);
+        // The readied inner service serves this request; a fresh clone takes
+        // its place for the next one (tower's documented pattern).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            if !wait.is_zero() {
+                if wait >= LONG_THROTTLE {
+                    tracing::info!(
+                        "Waited for {:.6}s due to client-side throttling, request: {}:{}",
+                        wait.as_secs_f64(),
+                        method,
+                        path
+                    );
+                } else {
+                    tracing::debug!(wait_seconds = wait.as_secs_f64(), %method, %path, "client-side throttling");
+                }
+                tokio::time::sleep(wait).await;
+            }
+            inner.call(req).await
+        })
+    }
+}
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    #[error("in-cluster configuration: {0}")]
+    InCluster(#[from] kube::config::InClusterError),
+    #[error("no Kubernetes configuration: {0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    #[error("client: {0}")]
+    Build(#[from] kube::Error),
+}
+
+/// Loads the configuration: an explicit kubeconfig file, else kube's
+/// inference (in-cluster service account, then $KUBECONFIG / ~/.kube).
+pub async fn load_config(
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<kube::Config, ClientError> {
+    match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            Ok(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)
+        }
+        None => Ok(kube::Config::infer().await?),
+    }
+}
+
+/// Builds the throttled client. Call once, on the System arbiter, and clone.
+pub fn build_client(
+    config: kube::Config,
+    qps: f64,
+    burst: u32,
+    observer: Arc<dyn ThrottleObserver>,
+) -> Result<kube::Client, ClientError> {
+    let builder = kube::client::ClientBuilder::try_from(config)?;
+    // kube's stack is not Clone; a buffer in front of it makes it so (its
+    // worker task runs on the runtime that builds the client).
+    Ok(builder
+        .with_layer(&tower::buffer::BufferLayer::new(1024))
+        .with_layer(&ThrottleLayer::new(qps, burst, observer))
+        .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_is_free_then_requests_are_spaced_by_the_rate() {
+        let t0 = Instant::now();
+        let b = TokenBucket::new(2.0, 3, t0);
+        for _ in 0..3 {
+            assert_eq!(b.reserve(t0), Duration::ZERO);
+        }
+        assert_eq!(b.reserve(t0), Duration::from_millis(500));
+        assert_eq!(b.reserve(t0), Duration::from_millis(1000));
+        // Two seconds later the balance is -2 + 4 = 2 tokens.
+        let t2 = t0 + Duration::from_secs(2);
+        assert_eq!(b.reserve(t2), Duration::ZERO);
+        assert_eq!(b.reserve(t2), Duration::ZERO);
+        assert_eq!(b.reserve(t2), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn tokens_never_exceed_the_burst() {
+        let t0 = Instant::now();
+        let b = TokenBucket::new(100.0, 2, t0);
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(b.reserve(later), Duration::ZERO);
+        assert_eq!(b.reserve(later), Duration::ZERO);
+        assert_eq!(b.reserve(later), Duration::from_millis(10));
+    }
+}
