@@ -296,9 +296,16 @@ mod tests {
         let mut e = Election::new("node-b", timing());
         let t0 = Instant::now();
         e.observe(held_by("node-a", 2), "10".into(), t0);
-        assert_eq!(e.decide(t0, T), Decision::WaitUntil(t0 + Duration::from_secs(3)));
+        assert_eq!(
+            e.decide(t0, T),
+            Decision::WaitUntil(t0 + Duration::from_secs(3))
+        );
         // The same record seen again later does not move the expiry.
-        e.observe(held_by("node-a", 2), "10".into(), t0 + Duration::from_secs(2));
+        e.observe(
+            held_by("node-a", 2),
+            "10".into(),
+            t0 + Duration::from_secs(2),
+        );
         let t3 = t0 + Duration::from_secs(3);
         match e.decide(t3, T) {
             Decision::Update {
@@ -317,7 +324,10 @@ mod tests {
         let mut renewed = held_by("node-a", 2);
         renewed.renew_time = Some("later".into());
         e.observe(renewed, "11".into(), t2);
-        assert_eq!(e.decide(t3, T), Decision::WaitUntil(t2 + Duration::from_secs(3)));
+        assert_eq!(
+            e.decide(t3, T),
+            Decision::WaitUntil(t2 + Duration::from_secs(3))
+        );
     }
 
     #[test]
@@ -327,7 +337,9 @@ mod tests {
         let mut released = held_by("", 4);
         released.lease_duration_seconds = 1;
         e.observe(released, "12".into(), t0);
-        assert!(matches!(e.decide(t0, T), Decision::Update { record, .. } if record.transitions == 5));
+        assert!(
+            matches!(e.decide(t0, T), Decision::Update { record, .. } if record.transitions == 5)
+        );
     }
 
     #[test]
@@ -338,7 +350,10 @@ mod tests {
         match e.decide(t0, T) {
             Decision::Update { record, .. } => {
                 assert_eq!(record.transitions, 7);
-                assert_eq!(record.acquire_time.as_deref(), Some("2026-11-22T06:00:00.000000Z"));
+                assert_eq!(
+                    record.acquire_time.as_deref(),
+                    Some("2026-11-22T06:00:00.000000Z")
+                );
                 assert_eq!(record.renew_time.as_deref(), Some(T));
             }
             other => panic!("expected renew, got {other:?}"),
@@ -374,7 +389,10 @@ mod tests {
             e.decide(t0 + Duration::from_millis(100), T),
             Decision::WaitUntil(t0 + Duration::from_millis(200))
         );
-        assert!(matches!(e.decide(t0 + Duration::from_millis(200), T), Decision::Create(_)));
+        assert!(matches!(
+            e.decide(t0 + Duration::from_millis(200), T),
+            Decision::Create(_)
+        ));
     }
 
     #[test]
@@ -384,12 +402,18 @@ mod tests {
         assert_eq!(e.release_record(T), None);
         e.observe(held_by("node-a", 1), "4".into(), Instant::now());
         let (r, rv) = e.release_record(T).expect("ours");
-        assert_eq!((r.holder.as_str(), r.lease_duration_seconds, r.transitions), ("", 1, 1));
+        assert_eq!(
+            (r.holder.as_str(), r.lease_duration_seconds, r.transitions),
+            ("", 1, 1)
+        );
         assert_eq!(rv, "4");
     }
 
     #[test]
     fn lease_names_match_cilium() {
-        assert_eq!(lease_name("default", "deathstar"), "cilium-l2announce-default-deathstar");
+        assert_eq!(
+            lease_name("default", "deathstar"),
+            "cilium-l2announce-default-deathstar"
+        );
     }
 }

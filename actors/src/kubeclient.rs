@@ -36,7 +36,10 @@ impl TokenBucket {
         TokenBucket {
             rate: rate.max(1e-6),
             burst,
-            state: Mutex::new(BucketState { tokens: burst, last: now }),
+            state: Mutex::new(BucketState {
+                tokens: burst,
+                last: now,
+            }),
         }
     }
 

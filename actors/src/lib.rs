@@ -1,9 +1,12 @@
 //! actors: the agent's actix actors (Device, Policy, Service, Lease, Announce),
 //! the messages they exchange and the state-table rows they own.
 
+pub mod devices;
+pub mod election;
+pub mod kubeclient;
+pub mod lease;
+pub mod messages;
 pub mod policy;
+pub mod selection;
 pub mod selector;
 pub mod tables;
-pub mod election;
-pub mod selection;
-pub mod kubeclient;

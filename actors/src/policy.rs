@@ -50,10 +50,18 @@ pub struct CiliumL2AnnouncementPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interfaces: Option<Vec<String>>,
     /// Announce the Services' `spec.externalIPs`.
-    #[serde(default, rename = "externalIPs", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "externalIPs",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub external_ips: Option<bool>,
     /// Announce the Services' `status.loadBalancer.ingress` IPs.
-    #[serde(default, rename = "loadBalancerIPs", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "loadBalancerIPs",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub load_balancer_ips: Option<bool>,
 }
 
@@ -107,7 +115,10 @@ pub fn compile(
             Err(e) => {
                 problems.by_condition.insert(
                     BAD_INTERFACE_REGEX,
-                    format!("error parsing regexp {pattern:?}: {}", one_line(&e.to_string())),
+                    format!(
+                        "error parsing regexp {pattern:?}: {}",
+                        one_line(&e.to_string())
+                    ),
                 );
                 break;
             }
@@ -236,7 +247,9 @@ loadBalancerIPs: true
         let problems = compile("p", &spec).expect_err("invalid");
         assert_eq!(problems.by_condition.len(), 2);
         assert!(problems.by_condition[BAD_SERVICE_SELECTOR].contains("values set can't be empty"));
-        assert!(problems.by_condition[BAD_INTERFACE_REGEX].starts_with("error parsing regexp \"eth[\""));
+        assert!(
+            problems.by_condition[BAD_INTERFACE_REGEX].starts_with("error parsing regexp \"eth[\"")
+        );
         assert!(!problems.by_condition[BAD_INTERFACE_REGEX].contains('\n'));
     }
 }

@@ -142,14 +142,23 @@ mod tests {
         let c = candidacy(&[lb], &service(), &node(&["eth0"]), false).expect("candidate");
         assert_eq!(c.ips(), [ip("192.0.2.10"), ip("2001:db8::10")].into());
         let ext = policy("ext", "externalIPs: true");
-        let c = candidacy(&[ext.clone()], &service(), &node(&["eth0"]), false).expect("candidate");
+        let c = candidacy(
+            std::slice::from_ref(&ext),
+            &service(),
+            &node(&["eth0"]),
+            false,
+        )
+        .expect("candidate");
         assert_eq!(c.ips(), [ip("198.51.100.7")].into());
         // Without --enable-external-ips, externalIPs are not announced.
         let mut n = node(&["eth0"]);
         n.external_ips_enabled = false;
         assert_eq!(candidacy(&[ext], &service(), &n, false), None);
         // A policy with neither flag announces nothing: no candidacy.
-        assert_eq!(candidacy(&[policy("none", "{}")], &service(), &node(&["eth0"]), false), None);
+        assert_eq!(
+            candidacy(&[policy("none", "{}")], &service(), &node(&["eth0"]), false),
+            None
+        );
     }
 
     #[test]
@@ -157,7 +166,10 @@ mod tests {
         let p = policy("p", "loadBalancerIPs: true");
         let mut s = service();
         s.load_balancer_class = Some("example.com/other".into());
-        assert_eq!(candidacy(&[p.clone()], &s, &node(&["eth0"]), false), None);
+        assert_eq!(
+            candidacy(std::slice::from_ref(&p), &s, &node(&["eth0"]), false),
+            None
+        );
         s.load_balancer_class = Some(L2_ANNOUNCER_CLASS.into());
         assert!(candidacy(&[p], &s, &node(&["eth0"]), false).is_some());
     }
@@ -186,13 +198,21 @@ mod tests {
             "p",
             "loadBalancerIPs: true\nnodeSelector: {matchLabels: {l2: 'yes'}}",
         );
-        assert_eq!(candidacy(&[p.clone()], &service(), &node(&["eth0"]), false), None);
+        assert_eq!(
+            candidacy(
+                std::slice::from_ref(&p),
+                &service(),
+                &node(&["eth0"]),
+                false
+            ),
+            None
+        );
         let mut n = node(&["eth0"]);
         n.labels.insert("l2".into(), "yes".into());
-        assert!(candidacy(&[p.clone()], &service(), &n, false).is_some());
+        assert!(candidacy(std::slice::from_ref(&p), &service(), &n, false).is_some());
         let mut local = service();
         local.traffic_policy_local = true;
-        assert_eq!(candidacy(&[p.clone()], &local, &n, false), None);
+        assert_eq!(candidacy(std::slice::from_ref(&p), &local, &n, false), None);
         assert!(candidacy(&[p], &local, &n, true).is_some());
     }
 
@@ -200,8 +220,7 @@ mod tests {
     fn several_policies_union_their_entries() {
         let a = policy("a", "loadBalancerIPs: true\ninterfaces: ['^eth0$']");
         let b = policy("b", "externalIPs: true\ninterfaces: ['^eth1$']");
-        let c = candidacy(&[a, b], &service(), &node(&["eth0", "eth1"]), false)
-            .expect("candidate");
+        let c = candidacy(&[a, b], &service(), &node(&["eth0", "eth1"]), false).expect("candidate");
         assert!(c.entries.contains(&(ip("192.0.2.10"), "eth0".into())));
         assert!(c.entries.contains(&(ip("198.51.100.7"), "eth1".into())));
         assert!(!c.entries.contains(&(ip("198.51.100.7"), "eth0".into())));

@@ -219,7 +219,11 @@ mod tests {
                 expr("tier", "In", Some(&["web", "api"])),
                 expr("env", "NotIn", Some(&["dev"])),
                 expr("team", "Exists", None),
-                expr("node-role.kubernetes.io/control-plane", "DoesNotExist", None),
+                expr(
+                    "node-role.kubernetes.io/control-plane",
+                    "DoesNotExist",
+                    None,
+                ),
             ],
         )))
         .expect("valid");
@@ -255,8 +259,7 @@ mod tests {
         let e = Selector::compile(Some(&selector(&[], vec![expr("a", "Like", Some(&["x"]))])))
             .expect_err("operator");
         assert!(e.0.contains("not a valid label selector operator"), "{e}");
-        let e = Selector::compile(Some(&selector(&[("bad key!", "x")], vec![])))
-            .expect_err("key");
+        let e = Selector::compile(Some(&selector(&[("bad key!", "x")], vec![]))).expect_err("key");
         assert!(e.0.starts_with("key: Invalid value"), "{e}");
         let e = Selector::compile(Some(&selector(&[("k", "-bad")], vec![]))).expect_err("value");
         assert!(e.0.contains("a valid label"), "{e}");

@@ -1,10 +1,13 @@
 //! The agent's state tables: row types, their indexes and how they print.
 //! `devices` rows come from [`crate::devices`]; the others are defined here.
-//! 
+//!
 
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+use statedb::{Index, Row, TableDef};
+
+use crate::devices::DeviceRow;
 
 /// Every table name the agent serves, in the order the CLI lists them.
 pub const NAMES: [&str; 4] = ["devices", "l2-announce", "leases", "policies"];
@@ -16,10 +19,13 @@ pub struct L2AnnounceRow {
     pub network_interface: String,
     /// `namespace/name` of every Service that wants this entry, sorted.
     pub origins: Vec<String>,
+    /// Where the entry stands with the datapath (written by the reconciler).
+    #[serde(default)]
+    pub status: statedb::Status,
 }
 
 impl L2AnnounceRow {
-    pub const HEADER: [&'static str; 3] = ["IP", "NetworkInterface", "Origins"];
+    pub const HEADER: [&'static str; 4] = ["IP", "NetworkInterface", "Origins", "Status"];
 
     /// The primary key: IP and interface.
     pub fn key(&self) -> String {
@@ -31,6 +37,7 @@ impl L2AnnounceRow {
             self.ip.to_string(),
             self.network_interface.clone(),
             self.origins.join(", "),
+            self.status.to_string(),
         ]
     }
 }
@@ -97,8 +104,7 @@ pub struct PolicyRow {
 }
 
 impl PolicyRow {
-    pub const HEADER: [&'static str; 5] =
-        ["Name", "Valid", "Conditions", "Services", "Interfaces"];
+    pub const HEADER: [&'static str; 5] = ["Name", "Valid", "Conditions", "Services", "Interfaces"];
 
     pub fn cells(&self) -> Vec<String> {
         vec![
@@ -110,6 +116,81 @@ impl PolicyRow {
         ]
     }
 }
+
+impl Row for L2AnnounceRow {
+    fn header() -> Vec<&'static str> {
+        L2AnnounceRow::HEADER.to_vec()
+    }
+    fn cells(&self) -> Vec<String> {
+        L2AnnounceRow::cells(self)
+    }
+}
+
+impl statedb::Reconcilable for L2AnnounceRow {
+    fn status(&self) -> &statedb::Status {
+        &self.status
+    }
+    fn set_status(&mut self, status: statedb::Status) {
+        self.status = status;
+    }
+}
+
+impl Row for LeaseRow {
+    fn header() -> Vec<&'static str> {
+        LeaseRow::HEADER.to_vec()
+    }
+    fn cells(&self) -> Vec<String> {
+        LeaseRow::cells(self)
+    }
+}
+
+impl Row for PolicyRow {
+    fn header() -> Vec<&'static str> {
+        PolicyRow::HEADER.to_vec()
+    }
+    fn cells(&self) -> Vec<String> {
+        PolicyRow::cells(self)
+    }
+}
+
+/// `l2-announce`: primary (IP, interface); secondary by origin Service and
+/// by interface.
+pub const L2_ANNOUNCE: TableDef<L2AnnounceRow> = TableDef {
+    name: "l2-announce",
+    primary: Index::primary("id", |r| r.key().into_bytes()),
+    secondary: &[
+        Index::non_unique("origin", |r| {
+            r.origins.iter().map(|o| o.clone().into_bytes()).collect()
+        }),
+        Index::non_unique("interface", |r| {
+            vec![r.network_interface.clone().into_bytes()]
+        }),
+    ],
+};
+
+/// `leases`: primary Service; unique secondary by Lease name.
+pub const LEASES: TableDef<LeaseRow> = TableDef {
+    name: "leases",
+    primary: Index::primary("service", |r| r.service.clone().into_bytes()),
+    secondary: &[Index::unique("lease", |r| r.lease.clone().into_bytes())],
+};
+
+/// `devices`: primary name; secondary by ifindex (not unique: a rename is
+/// a delete and an insert that may be applied in either order).
+pub const DEVICES: TableDef<DeviceRow> = TableDef {
+    name: "devices",
+    primary: Index::primary("name", |r| r.name.clone().into_bytes()),
+    secondary: &[Index::non_unique("index", |r| {
+        vec![r.index.to_be_bytes().to_vec()]
+    })],
+};
+
+/// `policies`: primary policy name.
+pub const POLICIES: TableDef<PolicyRow> = TableDef {
+    name: "policies",
+    primary: Index::primary("name", |r| r.name.clone().into_bytes()),
+    secondary: &[],
+};
 
 #[cfg(test)]
 mod tests {

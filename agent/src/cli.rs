@@ -63,7 +63,6 @@ fn socket_arg() -> Arg {
     Arg::new("api-socket")
         .long("api-socket")
         .value_name("PATH")
-        .value_parser(clap::value_parser!(PathBuf))
         .help(format!(
             "Unix socket of the running agent [default: {}] [env: {}]",
             crate::config::OPTIONS
@@ -171,8 +170,10 @@ pub fn raw_inputs(matches: &ArgMatches) -> RawInputs {
 
 /// The socket a query command talks to: flag, then env, then the default.
 pub fn api_socket(matches: &ArgMatches) -> PathBuf {
-    if let Some(p) = matches.get_one::<PathBuf>("api-socket") {
-        return p.clone();
+    // `config` declares api-socket among the run options, `statedb` and
+    // `status` on its own; both hold it as a string.
+    if let Ok(Some(p)) = matches.try_get_one::<String>("api-socket") {
+        return PathBuf::from(p);
     }
     if let Ok(p) = std::env::var(config::env_name("api-socket"))
         && !p.is_empty()

@@ -292,9 +292,8 @@ pub fn env_name(key: &str) -> String {
 /// Reads one file per known key from a mounted ConfigMap directory.
 fn read_config_dir(dir: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut values = BTreeMap::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        ConfigError::new(CONFIG_DIR, format!("cannot read {}: {e}", dir.display()))
-    })?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| ConfigError::new(CONFIG_DIR, format!("cannot read {}: {e}", dir.display())))?;
     for entry in entries {
         let entry = entry.map_err(|e| {
             ConfigError::new(CONFIG_DIR, format!("cannot read {}: {e}", dir.display()))
@@ -304,9 +303,8 @@ fn read_config_dir(dir: &Path) -> Result<BTreeMap<String, String>, ConfigError> 
         if name.starts_with('.') || !OPTIONS.iter().any(|o| o.key == name) {
             continue;
         }
-        let text = std::fs::read_to_string(entry.path()).map_err(|e| {
-            ConfigError::new(CONFIG_DIR, format!("cannot read key {name}: {e}"))
-        })?;
+        let text = std::fs::read_to_string(entry.path())
+            .map_err(|e| ConfigError::new(CONFIG_DIR, format!("cannot read key {name}: {e}")))?;
         values.insert(name, text.trim().to_string());
     }
     Ok(values)
@@ -338,12 +336,9 @@ fn parse_listen(key: &str, value: &str) -> Result<Option<SocketAddr>, ConfigErro
     } else {
         value.to_string()
     };
-    full.parse().map(Some).map_err(|_| {
-        ConfigError::new(
-            key,
-            format!("expected HOST:PORT or :PORT, got {value:?}"),
-        )
-    })
+    full.parse()
+        .map(Some)
+        .map_err(|_| ConfigError::new(key, format!("expected HOST:PORT or :PORT, got {value:?}")))
 }
 
 /// Checks one `--devices` entry: a name, or a name prefix ending in `+`.
@@ -469,7 +464,10 @@ impl Config {
 
         let qps_text = get("k8s-client-qps");
         let k8s_client_qps: f64 = qps_text.parse().map_err(|_| {
-            ConfigError::new("k8s-client-qps", format!("expected a number, got {qps_text:?}"))
+            ConfigError::new(
+                "k8s-client-qps",
+                format!("expected a number, got {qps_text:?}"),
+            )
         })?;
         if !(k8s_client_qps.is_finite() && k8s_client_qps > 0.0) {
             return Err(ConfigError::new(
@@ -485,7 +483,10 @@ impl Config {
             )
         })?;
         if k8s_client_burst == 0 {
-            return Err(ConfigError::new("k8s-client-burst", "must be positive (got 0)"));
+            return Err(ConfigError::new(
+                "k8s-client-burst",
+                "must be positive (got 0)",
+            ));
         }
 
         let devices: Vec<String> = get("devices")
@@ -657,7 +658,10 @@ mod tests {
         assert_eq!(c.k8s_namespace, "kube-system");
         assert_eq!(c.node_name, "host-a");
         assert_eq!(c.max_liveness_age(), c.lease_duration);
-        assert_eq!(c.effective["l2-announcements-lease-duration"].source, "default");
+        assert_eq!(
+            c.effective["l2-announcements-lease-duration"].source,
+            "default"
+        );
         assert_eq!(
             c.prometheus_serve_addr,
             Some("0.0.0.0:9972".parse().expect("literal"))
@@ -701,7 +705,11 @@ mod tests {
             (&[("k8s-client-qps", "-3")], "k8s-client-qps", "positive"),
             (&[("k8s-client-qps", "many")], "k8s-client-qps", "number"),
             (&[("k8s-client-burst", "0")], "k8s-client-burst", "positive"),
-            (&[("k8s-client-burst", "-1")], "k8s-client-burst", "positive"),
+            (
+                &[("k8s-client-burst", "-1")],
+                "k8s-client-burst",
+                "positive",
+            ),
             (&[("devices", "eth/0")], "devices", "not allowed"),
             (&[("devices", "e+th")], "devices", "not allowed"),
             (&[("devices", "averyveryverylongname")], "devices", "longer"),
@@ -732,7 +740,10 @@ mod tests {
             let e = err(flags);
             assert_eq!(e.option, *option, "{flags:?} -> {e}");
             let line = e.to_string();
-            assert!(line.contains(fragment), "{flags:?}: {line:?} lacks {fragment:?}");
+            assert!(
+                line.contains(fragment),
+                "{flags:?}: {line:?} lacks {fragment:?}"
+            );
             assert!(line.starts_with(&format!("invalid option --{option}: ")));
             assert!(!line.contains('\n'), "one line: {line:?}");
         }
@@ -763,8 +774,7 @@ mod tests {
     #[test]
     fn precedence_flag_env_config_dir_default() {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("l2-announcements-lease-duration"), "20s\n")
-            .expect("write");
+        std::fs::write(dir.path().join("l2-announcements-lease-duration"), "20s\n").expect("write");
         std::fs::write(dir.path().join("l2-announcements-retry-period"), "1s").expect("write");
         std::fs::write(dir.path().join("k8s-client-burst"), "30").expect("write");
         std::fs::write(dir.path().join("kube-proxy-replacement"), "true").expect("write");
@@ -781,7 +791,10 @@ mod tests {
         let c = Config::resolve(&inputs).expect("valid");
         // flag beats env and config-dir
         assert_eq!(c.lease_duration, Duration::from_secs(30));
-        assert_eq!(c.effective["l2-announcements-lease-duration"].source, "flag");
+        assert_eq!(
+            c.effective["l2-announcements-lease-duration"].source,
+            "flag"
+        );
         // env beats config-dir
         assert_eq!(c.retry_period, Duration::from_millis(500));
         assert_eq!(c.effective["l2-announcements-retry-period"].source, "env");
@@ -790,7 +803,10 @@ mod tests {
         assert_eq!(c.effective["k8s-client-burst"].source, "config-dir");
         // default
         assert_eq!(c.renew_deadline, Duration::from_secs(5));
-        assert_eq!(c.effective["l2-announcements-renew-deadline"].source, "default");
+        assert_eq!(
+            c.effective["l2-announcements-renew-deadline"].source,
+            "default"
+        );
 
         // The config dir itself can come from the environment.
         let mut from_env = raw(&[], &[]);
@@ -829,13 +845,15 @@ mod tests {
         assert_eq!(c.node_name, "n2");
         let mut none = raw(&[], &[]);
         none.host_name = None;
-        assert_eq!(Config::resolve(&none).expect_err("no name").option, "node-name");
+        assert_eq!(
+            Config::resolve(&none).expect_err("no name").option,
+            "node-name"
+        );
     }
 
     #[test]
     fn effective_rendering_is_sorted_by_field() {
-        let c = Config::resolve(&raw(&[("enable-l2-announcements", "true")], &[]))
-            .expect("valid");
+        let c = Config::resolve(&raw(&[("enable-l2-announcements", "true")], &[])).expect("valid");
         let text = render_effective(&c.effective, false);
         assert!(text.contains("EnableL2Announcements"));
         let line = text

@@ -3,6 +3,11 @@
 //! The logic of devices, policies, leases and the datapath lives in the
 //! `actors`, `statedb` and `bpf` crates; this crate only connects them.
 
+pub mod api;
 pub mod cli;
+pub mod client;
+pub mod commands;
 pub mod config;
 pub mod duration;
+pub mod run;
+pub mod tables;

@@ -3,14 +3,19 @@
 
 use std::process::ExitCode;
 
-use l2announcer::{cli, config::Config};
+use l2announcer::{cli, commands, config::Config, run};
 
 fn main() -> ExitCode {
     let matches = match cli::command().try_get_matches() {
         Ok(m) => m,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
                 return ExitCode::from(if e.exit_code() == 0 { 0 } else { 2 });
             }
@@ -31,14 +36,24 @@ fn main() -> ExitCode {
         }
         "run" => match Config::resolve(&cli::raw_inputs(sub)) {
             Ok(config) => {
-                println!("{}", config.node_name);
-                ExitCode::SUCCESS
+                run::init_logging(&config);
+                match run::run(config) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "agent failed");
+                        eprintln!("l2announcer: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(2)
             }
         },
+        "statedb" => ExitCode::from(commands::statedb(sub)),
+        "config" => ExitCode::from(commands::config(sub)),
+        "status" => ExitCode::from(commands::status(sub)),
         _ => ExitCode::from(2),
     }
 }

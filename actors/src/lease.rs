@@ -1,0 +1,537 @@
+//! LeaseActor: per-Service elections over Kubernetes Leases.
+//!
+//! One watch on the lease namespace feeds every election (no polling of
+//! leases); decisions come from [`crate::election::Election`]; this actor
+//! only sends the create/update requests they call for and reports
+//! [`Leadership`] to the ServiceActor and [`Renewed`] to the AnnounceActor.
+//! It also keeps the `leases` table and deletes released leases nobody
+//! claims (once a minute).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{DeleteParams, ObjectMeta, PostParams, Preconditions};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
+use tracing::{debug, info, warn};
+
+use crate::election::{Decision, Election, LeaseRecord, LeaseTiming, lease_name};
+use crate::messages::{Campaign, Leadership, ReleaseAll, Renewed, Withdraw};
+use crate::tables::{LEASES, LeaseRow};
+
+/// Prefix of every lease this agent manages.
+pub const LEASE_PREFIX: &str = "cilium-l2announce-";
+
+/// How often elections are re-evaluated locally (no API traffic unless an
+/// election decides on a request).
+const TICK: Duration = Duration::from_millis(50);
+/// How often released, unclaimed leases are garbage collected.
+const GC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Receives lease events for the metrics.
+pub trait LeaseObserver: Send + Sync {
+    fn acquired(&self, _service: &str, _takeover: Option<Duration>) {}
+    fn lost(&self, _service: &str, _reason: &str) {}
+    fn renew(&self, _service: &str, _latency: Duration, _ok: bool) {}
+    fn held(&self, _count: usize) {}
+}
+
+/// An observer that records nothing.
+pub struct NoLeaseObserver;
+impl LeaseObserver for NoLeaseObserver {}
+
+struct Slot {
+    service: String,
+    election: Election,
+    in_flight: bool,
+    leading: bool,
+}
+
+/// The actor. Build with [`LeaseActor::new`], then `start()`.
+pub struct LeaseActor {
+    api: Api<Lease>,
+    me: String,
+    timing: LeaseTiming,
+    db: statedb::Db,
+    leases: statedb::Table<LeaseRow>,
+    /// By lease name.
+    slots: BTreeMap<String, Slot>,
+    /// Everything the watch showed, by lease name.
+    seen: BTreeMap<String, (LeaseRecord, String)>,
+    /// Whether the watch has delivered its initial list.
+    synced: bool,
+    leadership: Recipient<Leadership>,
+    renewed: Recipient<Renewed>,
+    observer: std::sync::Arc<dyn LeaseObserver>,
+    /// When each held lease's previous holder last renewed, as observed,
+    /// for the takeover latency.
+    last_foreign_renewal: BTreeMap<String, Instant>,
+}
+
+impl LeaseActor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        me: &str,
+        timing: LeaseTiming,
+        db: statedb::Db,
+        leadership: Recipient<Leadership>,
+        renewed: Recipient<Renewed>,
+        observer: std::sync::Arc<dyn LeaseObserver>,
+    ) -> Result<Self, statedb::Error> {
+        Ok(LeaseActor {
+            api: Api::namespaced(client, namespace),
+            me: me.to_string(),
+            timing,
+            leases: statedb::Table::open(&db, LEASES)?,
+            db,
+            slots: BTreeMap::new(),
+            seen: BTreeMap::new(),
+            synced: false,
+            leadership,
+            renewed,
+            observer,
+            last_foreign_renewal: BTreeMap::new(),
+        })
+    }
+
+    fn held_count(&self) -> usize {
+        self.slots.values().filter(|s| s.leading).count()
+    }
+
+    /// Feeds what the watch shows of `name` to its election, if any.
+    fn observe(&mut self, name: &str, now: Instant) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        match self.seen.get(name) {
+            Some((record, rv)) => {
+                if record.holder != self.me && !record.holder.is_empty() {
+                    self.last_foreign_renewal.insert(name.to_string(), now);
+                }
+                slot.election.observe(record.clone(), rv.clone(), now);
+            }
+            None if self.synced => slot.election.observe_absent(),
+            None => {}
+        }
+        let row = lease_row(
+            &slot.service,
+            name,
+            &self.me,
+            self.seen.get(name).map(|s| &s.0),
+        );
+        self.write_row(row);
+    }
+
+    fn write_row(&self, row: LeaseRow) {
+        let mut txn = self.db.write_txn();
+        let same = self
+            .leases
+            .get(&txn, LEASES.primary, row.service.as_str())
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.row == row);
+        if same {
+            txn.abort();
+            return;
+        }
+        if let Err(e) = self.leases.insert(&mut txn, row).and_then(|_| txn.commit()) {
+            warn!(error = %e, "writing leases table");
+        }
+    }
+
+    fn delete_row(&self, service: &str) {
+        let mut txn = self.db.write_txn();
+        let existing = self
+            .leases
+            .get(&txn, LEASES.primary, service)
+            .ok()
+            .flatten();
+        if let Some(e) = existing
+            && let Err(err) = self
+                .leases
+                .delete(&mut txn, &e.row)
+                .and_then(|_| txn.commit())
+        {
+            warn!(error = %err, "deleting from leases table");
+        }
+    }
+
+    fn set_leading(&mut self, name: &str, leading: bool, reason: &str) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        if slot.leading == leading {
+            return;
+        }
+        slot.leading = leading;
+        let service = slot.service.clone();
+        if leading {
+            let takeover = self.last_foreign_renewal.remove(name).map(|t| t.elapsed());
+            info!(service = %service, lease = %name, "acquired lease, announcing");
+            self.observer.acquired(&service, takeover);
+        } else {
+            info!(service = %service, lease = %name, reason, "lost lease, no longer announcing");
+            self.observer.lost(&service, reason);
+        }
+        self.leadership.do_send(Leadership {
+            service,
+            held: leading,
+        });
+        self.observer.held(self.held_count());
+    }
+
+    /// Evaluates every election; sends the requests they decide on.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let stamp = rfc3339_now();
+        let held = self.held_count();
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        for name in names {
+            let Some(slot) = self.slots.get_mut(&name) else {
+                continue;
+            };
+            if slot.leading && !slot.election.is_leader(now) {
+                self.set_leading(&name, false, "renew-deadline");
+                continue;
+            }
+            let Some(slot) = self.slots.get_mut(&name) else {
+                continue;
+            };
+            if slot.in_flight || (!self.synced && slot.election.observed().is_none()) {
+                continue;
+            }
+            let decision = slot.election.decide(now, &stamp);
+            // Balanced distribution: a node that already leads others waits
+            // a little before taking a free lease, so the least loaded
+            // candidate usually wins. Never more than one retry period.
+            let acquiring = matches!(&decision, Decision::Update { record, .. }
+                if slot.election.observed().is_some_and(|o| o.record.holder != self.me) && record.holder == self.me)
+                || matches!(decision, Decision::Create(_));
+            if acquiring && held > 0 {
+                let stagger = (self.timing.retry_period / 4)
+                    .saturating_mul(u32::try_from(held).unwrap_or(u32::MAX))
+                    .min(self.timing.retry_period);
+                let free = slot.election.free_at().unwrap_or(now);
+                if now < free + stagger {
+                    continue;
+                }
+            }
+            match decision {
+                Decision::WaitUntil(_) => {}
+                Decision::Create(record) => {
+                    slot.in_flight = true;
+                    slot.election.attempted(now);
+                    self.send_write(ctx, name.clone(), record, None, now);
+                }
+                Decision::Update {
+                    record,
+                    resource_version,
+                } => {
+                    slot.in_flight = true;
+                    slot.election.attempted(now);
+                    self.send_write(ctx, name.clone(), record, Some(resource_version), now);
+                }
+            }
+        }
+    }
+
+    fn send_write(
+        &self,
+        ctx: &mut Context<Self>,
+        name: String,
+        record: LeaseRecord,
+        resource_version: Option<String>,
+        sent: Instant,
+    ) {
+        let api = self.api.clone();
+        let lease = to_lease(&name, &record, resource_version.clone());
+        let fut = async move {
+            match resource_version {
+                None => api.create(&PostParams::default(), &lease).await,
+                Some(_) => {
+                    api.replace(&lease_name_of(&lease), &PostParams::default(), &lease)
+                        .await
+                }
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, _ctx| {
+            act.on_write(&name, result, sent);
+        }));
+    }
+
+    fn on_write(&mut self, name: &str, result: Result<Lease, kube::Error>, sent: Instant) {
+        let now = Instant::now();
+        let me = self.me.clone();
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        slot.in_flight = false;
+        match result {
+            Ok(lease) => {
+                let record = from_lease(&lease);
+                let rv = lease.metadata.resource_version.clone().unwrap_or_default();
+                let ours = record.holder == me;
+                self.seen
+                    .insert(name.to_string(), (record.clone(), rv.clone()));
+                slot.election.succeeded(record, rv, sent, now);
+                let service = slot.service.clone();
+                self.observer.renew(&service, now - sent, true);
+                if ours {
+                    if let Some(fence_until) = slot.election.fence_until() {
+                        self.renewed.do_send(Renewed {
+                            service,
+                            fence_until,
+                        });
+                    }
+                    self.set_leading(name, true, "acquired");
+                }
+                self.observe(name, now);
+            }
+            Err(e) => {
+                let service = slot.service.clone();
+                let leading = slot.leading;
+                if let kube::Error::Api(status) = &e
+                    && status.code == 404
+                {
+                    slot.election.observe_absent();
+                }
+                if leading {
+                    self.observer.renew(&service, now - sent, false);
+                }
+                debug!(service = %service, lease = %name, error = %e, "lease write refused");
+            }
+        }
+    }
+
+    /// Releases `name` if held: holder cleared, one-second duration.
+    fn release(&mut self, name: &str) -> Option<impl Future<Output = ()> + use<>> {
+        let slot = self.slots.get(name)?;
+        let (record, rv) = slot.election.release_record(&rfc3339_now())?;
+        let api = self.api.clone();
+        let lease = to_lease(name, &record, Some(rv));
+        let name = name.to_string();
+        Some(async move {
+            if let Err(e) = api.replace(&name, &PostParams::default(), &lease).await {
+                warn!(lease = %name, error = %e, "releasing lease");
+            } else {
+                info!(lease = %name, "released lease");
+            }
+        })
+    }
+
+    fn withdraw(&mut self, ctx: &mut Context<Self>, name: &str) {
+        self.set_leading(name, false, "withdrawn");
+        if let Some(fut) = self.release(name) {
+            ctx.spawn(fut.into_actor(self));
+        }
+        if let Some(slot) = self.slots.remove(name) {
+            self.delete_row(&slot.service);
+        }
+    }
+
+    /// Deletes leases of ours that have no holder and were not changed for
+    /// a whole GC interval. The resourceVersion precondition keeps a lease
+    /// that someone claimed in the meantime.
+    fn collect_garbage(&mut self, ctx: &mut Context<Self>) {
+        for (name, (record, rv)) in &self.seen {
+            if !name.starts_with(LEASE_PREFIX) || !record.holder.is_empty() {
+                continue;
+            }
+            if self.slots.contains_key(name) {
+                continue;
+            }
+            let api = self.api.clone();
+            let name = name.clone();
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: Some(rv.clone()),
+                    uid: None,
+                }),
+                ..Default::default()
+            };
+            ctx.spawn(
+                async move {
+                    match api.delete(&name, &dp).await {
+                        Ok(_) => info!(lease = %name, "deleted stale lease"),
+                        Err(e) => debug!(lease = %name, error = %e, "stale lease kept"),
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+    }
+}
+
+fn lease_name_of(lease: &Lease) -> String {
+    lease.metadata.name.clone().unwrap_or_default()
+}
+
+fn rfc3339_now() -> String {
+    Timestamp::now().to_string()
+}
+
+fn parse_micro(s: &Option<String>) -> Option<MicroTime> {
+    s.as_ref()
+        .and_then(|s| s.parse::<Timestamp>().ok())
+        .map(MicroTime)
+}
+
+/// Builds the Lease object for a record.
+pub fn to_lease(name: &str, record: &LeaseRecord, resource_version: Option<String>) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            resource_version,
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(record.holder.clone()),
+            lease_duration_seconds: Some(record.lease_duration_seconds),
+            acquire_time: parse_micro(&record.acquire_time),
+            renew_time: parse_micro(&record.renew_time),
+            lease_transitions: Some(record.transitions),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Reads the election fields of a Lease.
+pub fn from_lease(lease: &Lease) -> LeaseRecord {
+    let spec = lease.spec.clone().unwrap_or_default();
+    LeaseRecord {
+        holder: spec.holder_identity.unwrap_or_default(),
+        lease_duration_seconds: spec.lease_duration_seconds.unwrap_or(0),
+        acquire_time: spec.acquire_time.map(|t| t.0.to_string()),
+        renew_time: spec.renew_time.map(|t| t.0.to_string()),
+        transitions: spec.lease_transitions.unwrap_or(0),
+    }
+}
+
+fn lease_row(service: &str, name: &str, me: &str, record: Option<&LeaseRecord>) -> LeaseRow {
+    let r = record.cloned().unwrap_or_default();
+    LeaseRow {
+        service: service.to_string(),
+        lease: name.to_string(),
+        me: !r.holder.is_empty() && r.holder == me,
+        holder: r.holder,
+        acquired: r.acquire_time.unwrap_or_default(),
+        renewed: r.renew_time.unwrap_or_default(),
+        transitions: r.transitions,
+    }
+}
+
+/// The lease name of a `namespace/name` Service key.
+pub fn lease_for_service(service: &str) -> String {
+    let (ns, name) = service.split_once('/').unwrap_or(("", service));
+    lease_name(ns, name)
+}
+
+impl Actor for LeaseActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let stream = watcher(self.api.clone(), watcher::Config::default()).default_backoff();
+        ctx.add_stream(stream);
+        ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
+        ctx.run_interval(GC_INTERVAL, |act, ctx| act.collect_garbage(ctx));
+    }
+}
+
+impl StreamHandler<Result<watcher::Event<Lease>, watcher::Error>> for LeaseActor {
+    fn handle(
+        &mut self,
+        event: Result<watcher::Event<Lease>, watcher::Error>,
+        _ctx: &mut Context<Self>,
+    ) {
+        let now = Instant::now();
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "lease watch failed; retrying with backoff");
+                return;
+            }
+        };
+        match event {
+            watcher::Event::Init => {}
+            watcher::Event::InitApply(lease) | watcher::Event::Apply(lease) => {
+                let name = lease_name_of(&lease);
+                let rv = lease.metadata.resource_version.clone().unwrap_or_default();
+                self.seen.insert(name.clone(), (from_lease(&lease), rv));
+                if self.synced {
+                    self.observe(&name, now);
+                }
+            }
+            watcher::Event::Delete(lease) => {
+                let name = lease_name_of(&lease);
+                self.seen.remove(&name);
+                self.observe(&name, now);
+            }
+            watcher::Event::InitDone => {
+                self.synced = true;
+                for name in self.slots.keys().cloned().collect::<Vec<_>>() {
+                    self.observe(&name, now);
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Context<Self>) {
+        // The watcher retries forever; it ends only with the actor.
+    }
+}
+
+impl Handler<Campaign> for LeaseActor {
+    type Result = ();
+    fn handle(&mut self, msg: Campaign, _ctx: &mut Context<Self>) {
+        let name = lease_for_service(&msg.service);
+        if self.slots.contains_key(&name) {
+            return;
+        }
+        debug!(service = %msg.service, lease = %name, "campaigning");
+        self.slots.insert(
+            name.clone(),
+            Slot {
+                service: msg.service,
+                election: Election::new(self.me.clone(), self.timing),
+                in_flight: false,
+                leading: false,
+            },
+        );
+        self.observe(&name, Instant::now());
+    }
+}
+
+impl Handler<Withdraw> for LeaseActor {
+    type Result = ();
+    fn handle(&mut self, msg: Withdraw, ctx: &mut Context<Self>) {
+        let name = lease_for_service(&msg.service);
+        debug!(service = %msg.service, lease = %name, "withdrawing");
+        self.withdraw(ctx, &name);
+    }
+}
+
+impl Handler<ReleaseAll> for LeaseActor {
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, _: ReleaseAll, _ctx: &mut Context<Self>) -> Self::Result {
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        let mut releases = Vec::new();
+        for name in &names {
+            self.set_leading(name, false, "shutdown");
+            if let Some(fut) = self.release(name) {
+                releases.push(fut);
+            }
+        }
+        self.slots.clear();
+        let all = async move {
+            futures::future::join_all(releases).await;
+        };
+        Box::pin(all.into_actor(self))
+    }
+}

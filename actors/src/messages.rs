@@ -1,0 +1,48 @@
+//! Messages the actors exchange. Services are named `namespace/name`.
+
+use std::time::Instant;
+
+use actix::Message;
+
+use crate::policy::CompiledPolicy;
+
+/// ServiceActor -> LeaseActor: this node is a candidate for the Service.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Campaign {
+    pub service: String,
+}
+
+/// ServiceActor -> LeaseActor: no longer a candidate; release at once.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Withdraw {
+    pub service: String,
+}
+
+/// LeaseActor -> ServiceActor: leadership of a Service began or ended.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Leadership {
+    pub service: String,
+    pub held: bool,
+}
+
+/// LeaseActor -> AnnounceActor: a renewal succeeded; the datapath may
+/// answer for this Service's entries until `fence_until`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Renewed {
+    pub service: String,
+    pub fence_until: Instant,
+}
+
+/// Shutdown: release every held lease; answers when the requests are done.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ReleaseAll;
+
+/// PolicyActor -> ServiceActor: the full set of valid, compiled policies.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Policies(pub Vec<CompiledPolicy>);

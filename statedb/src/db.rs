@@ -1,0 +1,493 @@
+//! The database handle, write transactions and the storage layout.
+//!
+//! Layout per table `t` (all sled trees of one sled database):
+//! * `t/rows`: primary key -> 8-byte big-endian revision ++ row JSON.
+//! * `t/revs`: revision -> primary key, one entry per live row (at the
+//!   revision it was last written), for revision order and change streams.
+//! * `t/graves`: revision -> row JSON of a deleted row (tombstone), kept
+//!   while a registered change reader has not seen it.
+//! * `t/idx/<index>`: escaped secondary key ++ terminator ++ primary key ->
+//!   primary key.
+//!
+//! and one shared tree `statedb/meta`: table name -> table revision.
+//!
+//! Writes are buffered in the [`WriteTxn`] and applied at commit in one sled
+//! transaction over every tree touched, so a crash keeps all of a commit or
+//! none of it. One write transaction at a time (a database-wide lock);
+//! readers never see a half-applied commit (a read/commit gate).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use tokio::sync::watch;
+
+use crate::Error;
+use crate::any::AnyTable;
+
+/// Tree slots of a table, in [`TableCore::trees`] and [`PendingTable::trees`].
+pub(crate) const ROWS: usize = 0;
+pub(crate) const REVS: usize = 1;
+pub(crate) const GRAVES: usize = 2;
+pub(crate) const FIRST_INDEX: usize = 3;
+
+const META_TREE: &str = "statedb/meta";
+
+/// How far a commit is on disk when [`WriteTxn::commit`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// sled flushes (and fsyncs) its log before commit returns: a returned
+    /// commit survives a process kill and a power loss.
+    #[default]
+    FlushOnCommit,
+    /// sled flushes in the background every 500 ms: after a crash the
+    /// database holds a prefix of the commits (each whole or absent), and
+    /// may lack the last half second of them.
+    Background,
+}
+
+/// A handle to the database. Cheap to clone; all clones share one sled
+/// database, one write lock and one set of open tables.
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) inner: Arc<DbInner>,
+}
+
+pub(crate) struct DbInner {
+    sled: sled::Db,
+    meta: sled::Tree,
+    durability: Durability,
+    /// Held by the one open [`WriteTxn`].
+    write_lock: Mutex<()>,
+    /// Readers hold it shared while they read; a commit holds it exclusively
+    /// while sled applies it, so no read sees half a commit.
+    gate: RwLock<()>,
+    tables: Mutex<BTreeMap<String, OpenTable>>,
+}
+
+struct OpenTable {
+    core: Arc<TableCore>,
+    any: Arc<dyn AnyTable>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("durability", &self.inner.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// Opens (or creates) the database in directory `path`, flushing on
+    /// every commit. sled allows one process per database directory.
+    pub fn open(path: impl AsRef<Path>) -> Result<Db, Error> {
+        Db::open_with(path, Durability::FlushOnCommit)
+    }
+
+    /// Opens (or creates) the database in `path` with the given durability.
+    pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Db, Error> {
+        let config = sled::Config::new()
+            .path(path.as_ref())
+            .cache_capacity(64 * 1024 * 1024);
+        Db::from_config(config, durability)
+    }
+
+    /// A database in a temporary directory, removed when the last clone is
+    /// dropped. For tests.
+    pub fn open_temporary() -> Result<Db, Error> {
+        let config = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(16 * 1024 * 1024);
+        Db::from_config(config, Durability::Background)
+    }
+
+    fn from_config(config: sled::Config, durability: Durability) -> Result<Db, Error> {
+        let sled = config.open()?;
+        let meta = sled.open_tree(META_TREE)?;
+        tracing::debug!(?durability, "statedb opened");
+        Ok(Db {
+            inner: Arc::new(DbInner {
+                sled,
+                meta,
+                durability,
+                write_lock: Mutex::new(()),
+                gate: RwLock::new(()),
+                tables: Mutex::new(BTreeMap::new()),
+            }),
+        })
+    }
+
+    /// Starts a write transaction, waiting while another one is open.
+    /// Commit it with [`WriteTxn::commit`]; dropping it aborts.
+    ///
+    /// Do not open a second one on the same thread while holding one: that
+    /// waits forever. Keep write transactions short; they block other
+    /// writers (not readers).
+    pub fn write_txn(&self) -> WriteTxn<'_> {
+        let lock = self
+            .inner
+            .write_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        WriteTxn {
+            db: self,
+            _lock: lock,
+            tables: Vec::new(),
+        }
+    }
+
+    /// Every table opened on this database, by name.
+    pub fn tables(&self) -> Vec<Arc<dyn AnyTable>> {
+        self.open_tables()
+            .values()
+            .map(|t| Arc::clone(&t.any))
+            .collect()
+    }
+
+    /// The table opened under `name`, if any.
+    pub fn table(&self, name: &str) -> Option<Arc<dyn AnyTable>> {
+        self.open_tables().get(name).map(|t| Arc::clone(&t.any))
+    }
+
+    /// Waits for sled to write everything to disk.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.inner.sled.flush()?;
+        Ok(())
+    }
+
+    fn open_tables(&self) -> MutexGuard<'_, BTreeMap<String, OpenTable>> {
+        self.inner
+            .tables
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn read_gate(&self) -> RwLockReadGuard<'_, ()> {
+        self.inner
+            .gate
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens the storage of a table, or returns the one already open under
+    /// that name when its layout matches. `make_any` builds the type-erased
+    /// handle registered for the CLI.
+    pub(crate) fn open_core(
+        &self,
+        layout: TableLayout,
+        make_any: impl FnOnce(Arc<TableCore>) -> Arc<dyn AnyTable>,
+    ) -> Result<Arc<TableCore>, Error> {
+        let mut tables = self.open_tables();
+        if let Some(open) = tables.get(&layout.name) {
+            if open.core.layout != layout {
+                return Err(Error::SchemaMismatch { table: layout.name });
+            }
+            return Ok(Arc::clone(&open.core));
+        }
+        let name = &layout.name;
+        let mut trees = vec![
+            self.inner.sled.open_tree(format!("{name}/rows"))?,
+            self.inner.sled.open_tree(format!("{name}/revs"))?,
+            self.inner.sled.open_tree(format!("{name}/graves"))?,
+        ];
+        for (index, _) in &layout.secondary {
+            trees.push(self.inner.sled.open_tree(format!("{name}/idx/{index}"))?);
+        }
+        let revision = match self.inner.meta.get(name.as_bytes())? {
+            Some(bytes) => decode_u64(&bytes).ok_or_else(|| Error::Corrupt {
+                table: name.clone(),
+                what: "table revision",
+            })?,
+            None => 0,
+        };
+        let (notify, _) = watch::channel(revision);
+        let core = Arc::new(TableCore {
+            layout,
+            trees,
+            revision: AtomicU64::new(revision),
+            notify,
+            readers: Mutex::new(HashMap::new()),
+            next_reader: AtomicU64::new(1),
+        });
+        let any = make_any(Arc::clone(&core));
+        tables.insert(
+            core.layout.name.clone(),
+            OpenTable {
+                core: Arc::clone(&core),
+                any,
+            },
+        );
+        tracing::debug!(table = %core.layout.name, revision, "table opened");
+        Ok(core)
+    }
+}
+
+/// The shape of a table: what must match when it is opened twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TableLayout {
+    pub name: String,
+    pub primary: String,
+    /// Secondary index names and whether each is unique.
+    pub secondary: Vec<(String, bool)>,
+}
+
+/// The untyped state of one open table, shared by every handle to it.
+pub(crate) struct TableCore {
+    pub layout: TableLayout,
+    /// Indexed by the slot constants ([`ROWS`], ...).
+    pub trees: Vec<sled::Tree>,
+    /// Last committed revision.
+    pub revision: AtomicU64,
+    /// Carries the last committed revision to waiting change readers.
+    pub notify: watch::Sender<u64>,
+    /// Registered change readers: id -> revision up to which tombstones are
+    /// no longer needed by that reader.
+    pub readers: Mutex<HashMap<u64, u64>>,
+    pub next_reader: AtomicU64,
+}
+
+impl TableCore {
+    pub fn name(&self) -> &str {
+        &self.layout.name
+    }
+
+    pub fn committed_revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    pub fn readers(&self) -> MutexGuard<'_, HashMap<u64, u64>> {
+        self.readers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tombstones at or below this revision are seen by every reader.
+    fn tombstones_seen_up_to(&self) -> u64 {
+        self.readers().values().copied().min().unwrap_or(u64::MAX)
+    }
+}
+
+/// Writes buffered for one table: the final value (or removal) per key per
+/// tree, applied at commit.
+pub(crate) struct PendingTable {
+    pub core: Arc<TableCore>,
+    pub revision: u64,
+    pub trees: Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Something rows can be read through: a [`Db`] (the committed state) or a
+/// [`WriteTxn`] (the committed state plus the transaction's own writes).
+pub trait ReadTxn: sealed::Sealed {
+    #[doc(hidden)]
+    fn db(&self) -> &Db;
+    #[doc(hidden)]
+    #[allow(private_interfaces)]
+    fn pending(&self, table: &TableCore) -> Option<&PendingTable>;
+}
+
+impl sealed::Sealed for Db {}
+impl ReadTxn for Db {
+    fn db(&self) -> &Db {
+        self
+    }
+    #[allow(private_interfaces)]
+    fn pending(&self, _table: &TableCore) -> Option<&PendingTable> {
+        None
+    }
+}
+
+impl sealed::Sealed for WriteTxn<'_> {}
+impl ReadTxn for WriteTxn<'_> {
+    fn db(&self) -> &Db {
+        self.db
+    }
+    #[allow(private_interfaces)]
+    fn pending(&self, table: &TableCore) -> Option<&PendingTable> {
+        self.tables
+            .iter()
+            .find(|p| std::ptr::eq(Arc::as_ptr(&p.core), table))
+    }
+}
+
+/// Point read in one tree, through the transaction's own writes.
+pub(crate) fn get_raw(
+    r: &(impl ReadTxn + ?Sized),
+    core: &TableCore,
+    slot: usize,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, Error> {
+    if let Some(value) = r.pending(core).and_then(|p| p.trees[slot].get(key)) {
+        return Ok(value.clone());
+    }
+    Ok(core.trees[slot].get(key)?.map(|v| v.to_vec()))
+}
+
+/// A key and its value, as read from a tree.
+pub(crate) type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Range read in one tree, through the transaction's own writes, in key
+/// order.
+pub(crate) fn scan_raw(
+    r: &(impl ReadTxn + ?Sized),
+    core: &TableCore,
+    slot: usize,
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
+) -> Result<Vec<KeyValue>, Error> {
+    let range = (lower, upper);
+    let pending = r.pending(core).map(|p| &p.trees[slot]);
+    let mut out = Vec::new();
+    let mut merged: Option<BTreeMap<Vec<u8>, Vec<u8>>> = pending.map(|_| BTreeMap::new());
+    for item in core.trees[slot].range::<Vec<u8>, _>(range.clone()) {
+        let (k, v) = item?;
+        match merged.as_mut() {
+            Some(m) => {
+                m.insert(k.to_vec(), v.to_vec());
+            }
+            None => out.push((k.to_vec(), v.to_vec())),
+        }
+    }
+    if let (Some(mut m), Some(pending)) = (merged, pending) {
+        for (k, v) in pending.range(range) {
+            match v {
+                Some(v) => m.insert(k.clone(), v.clone()),
+                None => m.remove(k),
+            };
+        }
+        out = m.into_iter().collect();
+    }
+    Ok(out)
+}
+
+/// Bounds covering every key that starts with `prefix`.
+pub(crate) fn prefix_bounds(prefix: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let upper = match crate::key::prefix_end(prefix) {
+        Some(end) => Bound::Excluded(end),
+        None => Bound::Unbounded,
+    };
+    (Bound::Included(prefix.to_vec()), upper)
+}
+
+pub(crate) fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+/// A write transaction over any number of tables. Reads through it see its
+/// own writes. [`commit`](WriteTxn::commit) applies everything atomically;
+/// dropping it (or [`abort`](WriteTxn::abort)) discards everything.
+///
+/// It holds the database's write lock, so it is not `Send`: finish it
+/// before any `.await`.
+pub struct WriteTxn<'db> {
+    db: &'db Db,
+    _lock: MutexGuard<'db, ()>,
+    tables: Vec<PendingTable>,
+}
+
+impl WriteTxn<'_> {
+    pub(crate) fn pending_mut(&mut self, core: &Arc<TableCore>) -> &mut PendingTable {
+        let pos = match self
+            .tables
+            .iter()
+            .position(|p| Arc::ptr_eq(&p.core, core))
+        {
+            Some(pos) => pos,
+            None => {
+                self.tables.push(PendingTable {
+                    core: Arc::clone(core),
+                    revision: core.committed_revision(),
+                    trees: vec![BTreeMap::new(); core.trees.len()],
+                });
+                self.tables.len() - 1
+            }
+        };
+        &mut self.tables[pos]
+    }
+
+    /// Discards every write of this transaction (same as dropping it).
+    pub fn abort(self) {}
+
+    /// Applies every write atomically and wakes the change readers of the
+    /// tables that changed. On error nothing was applied.
+    pub fn commit(mut self) -> Result<(), Error> {
+        self.tables
+            .retain(|p| p.revision != p.core.committed_revision());
+        if self.tables.is_empty() {
+            return Ok(());
+        }
+        let inner = &self.db.inner;
+        let _gate = inner.gate.write().unwrap_or_else(PoisonError::into_inner);
+
+        // Tombstones every reader has seen need not be written, and old ones
+        // can go: computed under the gate, so no reader registers meanwhile.
+        for pending in &mut self.tables {
+            let seen = pending.core.tombstones_seen_up_to();
+            let graves = &mut pending.trees[GRAVES];
+            graves.retain(|rev, _| decode_u64(rev).is_none_or(|r| r > seen));
+            let upper = if seen == u64::MAX {
+                Bound::Unbounded
+            } else {
+                Bound::Included(seen.to_be_bytes().to_vec())
+            };
+            for item in pending.core.trees[GRAVES].range::<Vec<u8>, _>((Bound::Unbounded, upper)) {
+                let (rev, _) = item?;
+                graves.insert(rev.to_vec(), None);
+            }
+        }
+
+        let mut trees: Vec<sled::Tree> = Vec::new();
+        for pending in &self.tables {
+            trees.extend(pending.core.trees.iter().cloned());
+        }
+        trees.push(inner.meta.clone());
+        let flush = inner.durability == Durability::FlushOnCommit;
+        let tables = &self.tables;
+        let result: Result<(), TransactionError<()>> = trees.as_slice().transaction(|views| {
+            let mut at = 0;
+            for pending in tables {
+                for writes in &pending.trees {
+                    let view = &views[at];
+                    for (k, v) in writes {
+                        match v {
+                            Some(v) => view.insert(k.as_slice(), v.as_slice())?,
+                            None => view.remove(k.as_slice())?,
+                        };
+                    }
+                    at += 1;
+                }
+            }
+            let meta = &views[at];
+            for pending in tables {
+                meta.insert(
+                    pending.core.name().as_bytes(),
+                    &pending.revision.to_be_bytes()[..],
+                )?;
+            }
+            if flush {
+                meta.flush();
+            }
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+            // The closure never aborts.
+            Err(TransactionError::Abort(())) => return Err(Error::Aborted),
+        }
+        for pending in &self.tables {
+            pending
+                .core
+                .revision
+                .store(pending.revision, Ordering::Release);
+            pending.core.notify.send_replace(pending.revision);
+        }
+        Ok(())
+    }
+}
