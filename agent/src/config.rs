@@ -670,7 +670,9 @@ mod tests {
 
     #[test]
     fn every_validation_rule_names_its_option() {
-        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        /// Flags given, the option the error must name, a fragment of it.
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
             (
                 &[("l2-announcements-lease-duration", "15")],
                 "l2-announcements-lease-duration",
