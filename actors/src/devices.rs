@@ -16,6 +16,7 @@
 //! filter. Addresses are not required: a VLAN or bond without an IP is still
 //! usable for announcements.
 
+mod actor;
 mod state;
 mod tracker;
 
@@ -25,7 +26,9 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use statedb::ToKey;
 
+pub use actor::DeviceActor;
 pub use state::{DeviceState, Link};
 pub use tracker::{DeviceError, DeviceTracker, TrackerOptions};
 
@@ -137,11 +140,58 @@ impl statedb::Row for DeviceRow {
 /// rename arrives as delete + insert and a resync may briefly see both).
 pub const DEVICES: statedb::TableDef<DeviceRow> = statedb::TableDef {
     name: "devices",
-    primary: statedb::Index::primary("name", |r| r.name.clone().into_bytes()),
+    primary: statedb::Index::primary("name", |r| r.name.to_key()),
     secondary: &[statedb::Index::non_unique("index", |r| {
-        vec![r.index.to_be_bytes().to_vec()]
+        vec![r.index.to_key()]
     })],
 };
+
+/// Write one change into the `devices` table (opened with [`DEVICES`]) in
+/// one transaction, with the semantics of [`DeviceChange::apply`]. Rows that
+/// did not change are not rewritten, so a resync bumps no revision for them.
+/// Blocks on the commit: call it off the async hot path.
+pub fn write_change(
+    db: &statedb::Db,
+    table: &statedb::Table<DeviceRow>,
+    change: DeviceChange,
+) -> Result<(), statedb::Error> {
+    let by_name = table.primary_index();
+    let mut txn = db.write_txn();
+    match change {
+        DeviceChange::Upsert(row) => {
+            let current = table.get(&txn, by_name, &row.name)?;
+            if current.is_none_or(|e| e.row != row) {
+                table.insert(&mut txn, row)?;
+            }
+        }
+        DeviceChange::Delete { index, name } => {
+            if let Some(e) = table.get(&txn, by_name, &name)?
+                && e.row.index == index
+            {
+                table.delete(&mut txn, &e.row)?;
+            }
+        }
+        DeviceChange::Resync(rows) => {
+            let mut wanted: BTreeMap<String, DeviceRow> =
+                rows.into_iter().map(|r| (r.name.clone(), r)).collect();
+            for e in table.list(&txn)? {
+                match wanted.remove(&e.row.name) {
+                    None => {
+                        table.delete(&mut txn, &e.row)?;
+                    }
+                    Some(row) if row != e.row => {
+                        table.insert(&mut txn, row)?;
+                    }
+                    Some(_) => {}
+                }
+            }
+            for row in wanted.into_values() {
+                table.insert(&mut txn, row)?;
+            }
+        }
+    }
+    txn.commit()
+}
 
 /// Lower-case colon form of a link-layer address; empty for none or zeros.
 pub fn format_hw_addr(addr: &[u8]) -> String {
@@ -189,6 +239,10 @@ pub enum DeviceChange {
     /// The complete set of devices: replace the table's contents with it
     /// (sent at start and after a netlink overrun).
     Resync(Vec<DeviceRow>),
+}
+
+impl actix::Message for DeviceChange {
+    type Result = ();
 }
 
 impl DeviceChange {
@@ -503,5 +557,68 @@ mod tests {
         other.index = 51;
         DeviceChange::Resync(vec![other.clone()]).apply(&mut table);
         assert_eq!(table.into_values().collect::<Vec<_>>(), vec![other]);
+    }
+
+    #[test]
+    fn write_change_keeps_the_table_like_apply() {
+        let db = statedb::Db::open_temporary().expect("db");
+        let table = statedb::Table::open(&db, DEVICES).expect("table");
+        let rows = |t: &statedb::Table<DeviceRow>| {
+            t.list(&db)
+                .expect("list")
+                .into_iter()
+                .map(|e| e.row)
+                .collect::<Vec<_>>()
+        };
+        write_change(&db, &table, DeviceChange::Upsert(row())).expect("upsert");
+        assert_eq!(rows(&table), vec![row()]);
+
+        // An unchanged upsert writes nothing.
+        let rev = table.revision(&db);
+        write_change(&db, &table, DeviceChange::Upsert(row())).expect("upsert");
+        assert_eq!(table.revision(&db), rev);
+
+        // Delete for another index is ignored; for the right one it removes.
+        let del = |index| DeviceChange::Delete {
+            index,
+            name: "eth0".into(),
+        };
+        write_change(&db, &table, del(7)).expect("delete");
+        assert_eq!(rows(&table).len(), 1);
+        write_change(&db, &table, del(50)).expect("delete");
+        assert!(rows(&table).is_empty());
+
+        // Resync replaces everything and leaves unchanged rows untouched.
+        let mut eth1 = row();
+        eth1.name = "eth1".into();
+        eth1.index = 51;
+        write_change(&db, &table, DeviceChange::Upsert(row())).expect("upsert");
+        write_change(&db, &table, DeviceChange::Upsert(eth1.clone())).expect("upsert");
+        let before = table.list(&db).expect("list");
+        let mut eth2 = row();
+        eth2.name = "eth2".into();
+        eth2.index = 52;
+        write_change(
+            &db,
+            &table,
+            DeviceChange::Resync(vec![eth1.clone(), eth2.clone()]),
+        )
+        .expect("resync");
+        let after = table.list(&db).expect("list");
+        assert_eq!(
+            after.iter().map(|e| e.row.clone()).collect::<Vec<_>>(),
+            vec![eth1.clone(), eth2]
+        );
+        let rev_of = |entries: &[statedb::Entry<DeviceRow>], name: &str| {
+            entries
+                .iter()
+                .find(|e| e.row.name == name)
+                .map(|e| e.revision)
+        };
+        assert_eq!(rev_of(&before, "eth1"), rev_of(&after, "eth1"));
+        // Found by ifindex through the secondary index.
+        let by_index = DEVICES.secondary[0];
+        let found = table.get(&db, by_index, &51u32).expect("get");
+        assert_eq!(found.map(|e| e.row), Some(eth1));
     }
 }

@@ -7,6 +7,8 @@ pub mod kubeclient;
 pub mod lease;
 pub mod messages;
 pub mod policy;
+pub mod policy_actor;
 pub mod selection;
 pub mod selector;
+pub mod service_actor;
 pub mod tables;

@@ -42,7 +42,23 @@ pub struct Renewed {
 #[rtype(result = "()")]
 pub struct ReleaseAll;
 
-/// PolicyActor -> ServiceActor: the full set of valid, compiled policies.
+/// One policy as the PolicyActor found it.
+#[derive(Debug, Clone)]
+pub struct PolicyState {
+    pub name: String,
+    /// `None` when invalid; `problems` then says why.
+    pub compiled: Option<CompiledPolicy>,
+    /// `condition-type: message` of each invalid part.
+    pub problems: Vec<String>,
+    pub interfaces: Vec<String>,
+}
+
+/// PolicyActor -> ServiceActor: every policy, valid or not.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
-pub struct Policies(pub Vec<CompiledPolicy>);
+pub struct PolicyStates(pub Vec<PolicyState>);
+
+/// Device tracking -> ServiceActor: the names of the selected devices.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct SelectedDevices(pub std::collections::BTreeSet<String>);

@@ -12,7 +12,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use actors::devices::{DeviceChange, DeviceFilter, DeviceRow, DeviceTracker, TrackerOptions};
+use ::actors::devices::{
+    DeviceActor, DeviceChange, DeviceFilter, DeviceRow, DeviceTracker, TrackerOptions,
+};
+use actix::prelude::*;
 
 /// How long a change may take to show up.
 const DEADLINE: Duration = Duration::from_secs(1);
@@ -108,14 +111,7 @@ struct Tracked {
 
 impl Tracked {
     fn start(ns: &Netns, filter: DeviceFilter, options: TrackerOptions) -> Self {
-        let path = format!("/run/netns/{}", ns.name);
-        let (tx, changes) = mpsc::channel();
-        let (block, block_rx) = mpsc::channel::<Blocking>();
-        let thread = thread::spawn(move || {
-            let file = File::open(&path).expect("open netns");
-            // SAFETY: setns on a valid namespace fd; it only moves this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        Self::spawn(ns, move |tx, block_rx| {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -139,6 +135,42 @@ impl Tracked {
                     }
                 }
             });
+        })
+    }
+
+    /// The same through [`DeviceActor`] on an actix system in the namespace.
+    fn start_actor(ns: &Netns, filter: DeviceFilter) -> Self {
+        Self::spawn(ns, move |tx, block_rx| {
+            actix::System::new().block_on(async move {
+                let collector = Collector(tx).start();
+                let _devices =
+                    DeviceActor::new(filter, TrackerOptions::default(), collector.recipient())
+                        .start();
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                loop {
+                    tick.tick().await;
+                    if let Err(mpsc::TryRecvError::Disconnected) = block_rx.try_recv() {
+                        return;
+                    }
+                }
+            });
+        })
+    }
+
+    /// Run `body` on a new thread moved into the namespace.
+    fn spawn(
+        ns: &Netns,
+        body: impl FnOnce(mpsc::Sender<DeviceChange>, mpsc::Receiver<Blocking>) + Send + 'static,
+    ) -> Self {
+        let path = format!("/run/netns/{}", ns.name);
+        let (tx, changes) = mpsc::channel();
+        let (block, block_rx) = mpsc::channel::<Blocking>();
+        let thread = thread::spawn(move || {
+            let file = File::open(&path).expect("open netns");
+            // SAFETY: setns on a valid namespace fd; it only moves this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            body(tx, block_rx);
         });
         Tracked {
             changes,
@@ -209,6 +241,20 @@ impl Drop for Tracked {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Passes what the actor forwards to the test thread.
+struct Collector(mpsc::Sender<DeviceChange>);
+
+impl Actor for Collector {
+    type Context = Context<Self>;
+}
+
+impl Handler<DeviceChange> for Collector {
+    type Result = ();
+    fn handle(&mut self, change: DeviceChange, _ctx: &mut Context<Self>) {
+        let _ = self.0.send(change);
     }
 }
 
@@ -414,4 +460,21 @@ fn overrun_dumps_again_and_resyncs() {
         .count();
     assert!(resyncs >= 1, "expected a resync after the overrun");
     assert!(t.row("o1").addresses.is_empty());
+}
+
+#[test]
+fn device_actor_forwards_changes() {
+    let ns = Netns::new();
+    let mut t = Tracked::start_actor(&ns, "eth+".parse().expect("filter"));
+    t.wait_for("initial resync", |tb| tb.contains_key("lo"));
+    assert!(matches!(t.seen.first(), Some(DeviceChange::Resync(_))));
+    ns.ip("link add eth0 type veth peer name veth1");
+    ns.ip("link set eth0 up");
+    t.wait_for("eth0 selected", |tb| {
+        tb.get("eth0").is_some_and(|r| r.selected)
+    });
+    ns.ip("link del eth0");
+    t.wait_for("eth0 gone", |tb| {
+        !tb.contains_key("eth0") && !tb.contains_key("veth1")
+    });
 }
