@@ -1,6 +1,7 @@
 //! actors: the agent's actix actors (Device, Policy, Service, Lease, Announce),
 //! the messages they exchange and the state-table rows they own.
 
+pub mod announce;
 pub mod devices;
 pub mod election;
 pub mod kubeclient;

@@ -62,3 +62,9 @@ pub struct PolicyStates(pub Vec<PolicyState>);
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct SelectedDevices(pub std::collections::BTreeSet<String>);
+
+/// ServiceActor -> AnnounceActor: the election (lease Service) each
+/// candidate Service campaigns under, so entries use that lease's fence.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ElectionGroups(pub std::collections::BTreeMap<String, String>);

@@ -21,7 +21,9 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tracing::{debug, warn};
 
-use crate::messages::{Campaign, Leadership, PolicyState, PolicyStates, SelectedDevices, Withdraw};
+use crate::messages::{
+    Campaign, ElectionGroups, Leadership, PolicyState, PolicyStates, SelectedDevices, Withdraw,
+};
 use crate::policy::CompiledPolicy;
 use crate::selection::{Candidacy, NodeView, ServiceView, candidacy};
 use crate::tables::{L2_ANNOUNCE, L2AnnounceRow, POLICIES, PolicyRow};
@@ -79,6 +81,7 @@ pub struct ServiceActor {
     announcing: BTreeSet<String>,
     lease: Recipient<Campaign>,
     withdraw: Recipient<Withdraw>,
+    groups: Recipient<ElectionGroups>,
     observer: std::sync::Arc<dyn AnnounceObserver>,
 }
 
@@ -91,6 +94,7 @@ impl ServiceActor {
         db: statedb::Db,
         lease: Recipient<Campaign>,
         withdraw: Recipient<Withdraw>,
+        groups: Recipient<ElectionGroups>,
         observer: std::sync::Arc<dyn AnnounceObserver>,
     ) -> Result<Self, statedb::Error> {
         Ok(ServiceActor {
@@ -112,6 +116,7 @@ impl ServiceActor {
             announcing: BTreeSet::new(),
             lease,
             withdraw,
+            groups,
             observer,
         })
     }
@@ -176,6 +181,9 @@ impl ServiceActor {
     /// Groups candidates sharing an IP; campaigns/withdraws by group.
     fn update_elections(&mut self) {
         let next = election_keys(&self.candidacies);
+        if next != self.elections {
+            self.groups.do_send(ElectionGroups(next.clone()));
+        }
         let old_keys: BTreeSet<&String> = self.elections.values().collect();
         let new_keys: BTreeSet<&String> = next.values().collect();
         for gone in old_keys.difference(&new_keys) {

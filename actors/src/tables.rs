@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use statedb::{Index, Row, TableDef};
 
-use crate::devices::DeviceRow;
+pub use crate::devices::DEVICES;
 
 /// Every table name the agent serves, in the order the CLI lists them.
 pub const NAMES: [&str; 4] = ["devices", "l2-announce", "leases", "policies"];
@@ -173,16 +173,6 @@ pub const LEASES: TableDef<LeaseRow> = TableDef {
     name: "leases",
     primary: Index::primary("service", |r| r.service.clone().into_bytes()),
     secondary: &[Index::unique("lease", |r| r.lease.clone().into_bytes())],
-};
-
-/// `devices`: primary name; secondary by ifindex (not unique: a rename is
-/// a delete and an insert that may be applied in either order).
-pub const DEVICES: TableDef<DeviceRow> = TableDef {
-    name: "devices",
-    primary: Index::primary("name", |r| r.name.clone().into_bytes()),
-    secondary: &[Index::non_unique("index", |r| {
-        vec![r.index.to_be_bytes().to_vec()]
-    })],
 };
 
 /// `policies`: primary policy name.

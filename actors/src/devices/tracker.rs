@@ -110,23 +110,30 @@ impl Drop for DeviceTracker {
     }
 }
 
-/// One open rtnetlink connection: the handle for dumps and the multicast
-/// messages, subscribed before the first dump so nothing falls between.
+/// Two rtnetlink sockets: one subscribed to the link and address groups,
+/// read only for notifications, and one for dumps. The subscription exists
+/// before the first dump, so nothing falls between dump and follow; keeping
+/// dumps off the subscribed socket means a notification can never be
+/// mistaken for a dump reply (both come from the kernel, matched by
+/// sequence number only) and dump replies do not compete with
+/// notifications for its receive buffer.
 struct Session {
     handle: Handle,
     messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
-    connection: JoinHandle<()>,
+    connections: [JoinHandle<()>; 2],
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.connection.abort();
+        for c in &self.connections {
+            c.abort();
+        }
     }
 }
 
 impl Session {
     fn open(options: &TrackerOptions) -> Result<Self, DeviceError> {
-        let (mut connection, handle, messages) = rtnetlink::new_multicast_connection(&[
+        let (mut events, _, messages) = rtnetlink::new_multicast_connection(&[
             MulticastGroup::Link,
             MulticastGroup::Ipv4Ifaddr,
             MulticastGroup::Ipv6Ifaddr,
@@ -134,17 +141,17 @@ impl Session {
         .map_err(DeviceError::Socket)?;
         if let Some(size) = options.receive_buffer {
             let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-            connection
+            events
                 .socket_mut()
                 .socket_mut()
                 .set_rx_buf_sz(size)
                 .map_err(DeviceError::Socket)?;
         }
-        let connection = tokio::spawn(connection);
+        let (dumps, handle, _) = rtnetlink::new_connection().map_err(DeviceError::Socket)?;
         Ok(Self {
             handle,
             messages,
-            connection,
+            connections: [tokio::spawn(events), tokio::spawn(dumps)],
         })
     }
 

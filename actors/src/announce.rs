@@ -1,0 +1,412 @@
+//! AnnounceActor: reconciles `l2-announce` into the eBPF responder maps,
+//! attaches the responder where entries exist, sends gratuitous ARP /
+//! unsolicited NA for new entries, owns the lease fence slots and refreshes
+//! the datapath liveness.
+//!
+//! The statedb reconciler runs as its own task (incremental on changes, full
+//! on start and periodically); the actor shares the [`Datapath`] with it
+//! behind a mutex and writes fences ([`Renewed`]) and liveness.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bpf::{AttachMode, AttachedLink, Responder, ResponderError};
+use statedb::{Table, Target};
+use tracing::{debug, info, warn};
+
+use crate::devices::{DEVICES, DeviceRow};
+use crate::messages::{ElectionGroups, Renewed};
+use crate::tables::{L2_ANNOUNCE, L2AnnounceRow};
+
+/// How gratuitous announcements are repeated for a new entry.
+#[derive(Debug, Clone, Copy)]
+pub struct GratuitousConfig {
+    /// Announcements in all (the first at once).
+    pub count: u32,
+    pub interval: Duration,
+}
+
+impl Default for GratuitousConfig {
+    fn default() -> Self {
+        GratuitousConfig {
+            count: 3,
+            interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Receives datapath events for the metrics.
+pub trait DatapathObserver: Send + Sync {
+    fn gratuitous_sent(&self, _ip: IpAddr, _interface: &str) {}
+    fn liveness_refreshed(&self) {}
+}
+
+/// An observer that records nothing.
+pub struct NoDatapathObserver;
+impl DatapathObserver for NoDatapathObserver {}
+
+/// Why a row could not be pushed to the datapath.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("unknown interface {0:?}")]
+    UnknownInterface(String),
+    #[error("interface {0:?} has no MAC address")]
+    NoMac(String),
+    #[error("no free lease fence slot")]
+    NoSlot,
+    #[error("reading devices: {0}")]
+    Devices(#[from] statedb::Error),
+    #[error(transparent)]
+    Responder(#[from] ResponderError),
+}
+
+/// The responder plus what the agent tracks about it.
+pub struct Datapath {
+    responder: Responder,
+    mode: AttachMode,
+    /// ifindex -> number of entries on it, and its name.
+    users: BTreeMap<u32, (usize, String)>,
+    /// (IP, ifindex) -> fence slot of the entries in the maps.
+    entries: BTreeMap<(IpAddr, u32), u32>,
+    /// Election key -> fence slot.
+    slots: BTreeMap<String, u32>,
+    /// Service -> election key (from the ServiceActor).
+    groups: BTreeMap<String, String>,
+    free_slots: Vec<u32>,
+    next_slot: u32,
+}
+
+impl Datapath {
+    pub fn new(responder: Responder, mode: AttachMode) -> Self {
+        Datapath {
+            responder,
+            mode,
+            users: BTreeMap::new(),
+            entries: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            free_slots: Vec::new(),
+            next_slot: 0,
+        }
+    }
+
+    pub fn responder(&self) -> &Responder {
+        &self.responder
+    }
+
+    /// The slot of an election, allocated on first use.
+    fn slot_for(&mut self, key: &str) -> Result<u32, DatapathError> {
+        if let Some(s) = self.slots.get(key) {
+            return Ok(*s);
+        }
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None if self.next_slot < bpf::LEASE_FENCE_SLOTS => {
+                self.next_slot += 1;
+                self.next_slot - 1
+            }
+            None => return Err(DatapathError::NoSlot),
+        };
+        // A fresh slot answers nothing until a renewal sets its deadline.
+        self.responder.set_fence(slot, 0)?;
+        self.slots.insert(key.to_string(), slot);
+        Ok(slot)
+    }
+
+    fn election_of(&self, service: &str) -> String {
+        self.groups
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| service.to_string())
+    }
+
+    /// Frees the slots of elections that are gone and have no entries.
+    fn free_unused_slots(&mut self) {
+        let live: BTreeSet<&String> = self.groups.values().collect();
+        let used: BTreeSet<u32> = self.entries.values().copied().collect();
+        let gone: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(k, s)| !live.contains(k) && !used.contains(s))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            if let Some(slot) = self.slots.remove(&key) {
+                if let Err(e) = self.responder.set_fence(slot, 0) {
+                    warn!(error = %e, slot, "clearing fence slot");
+                }
+                self.free_slots.push(slot);
+            }
+        }
+    }
+
+    /// Sets the fence of an election's slot to `until` (monotonic clock).
+    pub fn renew(&mut self, election: &str, until: Instant) -> Result<(), DatapathError> {
+        let slot = self.slot_for(election)?;
+        let now = Instant::now();
+        let ns = bpf::monotonic_now_ns()
+            + u64::try_from(until.saturating_duration_since(now).as_nanos()).unwrap_or(u64::MAX);
+        self.responder.set_fence(slot, ns)?;
+        Ok(())
+    }
+
+    fn attach_if_first(&mut self, device: &DeviceRow) -> Result<(), DatapathError> {
+        let entry = self
+            .users
+            .entry(device.index)
+            .or_insert((0, device.name.clone()));
+        if entry.0 == 0 {
+            let mac = device
+                .mac()
+                .ok_or_else(|| DatapathError::NoMac(device.name.clone()))?;
+            self.responder.attach(&device.name, mac, self.mode)?;
+            info!(interface = %device.name, mode = %self.mode, "responder attached");
+        }
+        if let Some(e) = self.users.get_mut(&device.index) {
+            e.0 += 1;
+        }
+        Ok(())
+    }
+
+    fn release_interface(&mut self, ifindex: u32) {
+        let Some(entry) = self.users.get_mut(&ifindex) else {
+            return;
+        };
+        entry.0 = entry.0.saturating_sub(1);
+        if entry.0 == 0 {
+            let name = entry.1.clone();
+            self.users.remove(&ifindex);
+            match self.responder.detach_ifindex(ifindex) {
+                Ok(_) => info!(interface = %name, "responder detached"),
+                Err(e) => warn!(interface = %name, error = %e, "detaching responder"),
+            }
+        }
+    }
+
+    /// Counters per (IP, ifindex) for the metrics.
+    pub fn responses(&self) -> Result<Vec<bpf::ResponderEntry>, ResponderError> {
+        self.responder.list()
+    }
+
+    pub fn set_liveness_now(&mut self) -> Result<u64, ResponderError> {
+        self.responder.set_liveness_now()
+    }
+}
+
+/// Locks the datapath; a panic while holding it leaves consistent maps
+/// (every write is one syscall), so a poisoned lock is still usable.
+fn lock(dp: &Mutex<Datapath>) -> MutexGuard<'_, Datapath> {
+    dp.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The reconciler's target: rows of `l2-announce` into the maps.
+pub struct ResponderTarget {
+    datapath: Arc<Mutex<Datapath>>,
+    db: statedb::Db,
+    devices: Table<DeviceRow>,
+    gratuitous: GratuitousConfig,
+    observer: Arc<dyn DatapathObserver>,
+}
+
+impl ResponderTarget {
+    fn device(&self, name: &str) -> Result<DeviceRow, DatapathError> {
+        self.devices
+            .get(&self.db, DEVICES.primary, name)?
+            .map(|e| e.row)
+            .ok_or_else(|| DatapathError::UnknownInterface(name.to_string()))
+    }
+
+    fn announce(&self, ip: IpAddr, device: &DeviceRow) {
+        let Some(mac) = device.mac() else {
+            return;
+        };
+        let ifindex = device.index;
+        let name = device.name.clone();
+        let observer = self.observer.clone();
+        let cfg = self.gratuitous;
+        let send = move || {
+            let result = match ip {
+                IpAddr::V4(v4) => bpf::send_gratuitous_arp(ifindex, mac, v4),
+                IpAddr::V6(v6) => bpf::send_unsolicited_na(ifindex, mac, v6),
+            };
+            match result {
+                Ok(()) => observer.gratuitous_sent(ip, &name),
+                Err(e) => {
+                    warn!(ip = %ip, interface = %name, error = %e, "gratuitous announcement failed")
+                }
+            }
+        };
+        send();
+        if cfg.count > 1 {
+            tokio::spawn(async move {
+                for _ in 1..cfg.count {
+                    tokio::time::sleep(cfg.interval).await;
+                    send();
+                }
+            });
+        }
+    }
+}
+
+impl Target<L2AnnounceRow> for ResponderTarget {
+    type Error = DatapathError;
+
+    fn update(&mut self, row: &L2AnnounceRow) -> Result<(), DatapathError> {
+        let device = self.device(&row.network_interface)?;
+        let mut dp = lock(&self.datapath);
+        let origin = row.origins.first().cloned().unwrap_or_default();
+        let election = dp.election_of(&origin);
+        let slot = dp.slot_for(&election)?;
+        let key = (row.ip, device.index);
+        let new = !dp.entries.contains_key(&key);
+        if new {
+            dp.attach_if_first(&device)?;
+        }
+        dp.responder.insert(row.ip, device.index, slot)?;
+        dp.entries.insert(key, slot);
+        drop(dp);
+        if new {
+            debug!(ip = %row.ip, interface = %device.name, slot, "entry added");
+            self.announce(row.ip, &device);
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, row: &L2AnnounceRow) -> Result<(), DatapathError> {
+        let mut dp = lock(&self.datapath);
+        let found: Vec<(IpAddr, u32)> = dp
+            .entries
+            .keys()
+            .filter(|(ip, ifindex)| {
+                *ip == row.ip
+                    && dp
+                        .users
+                        .get(ifindex)
+                        .is_some_and(|(_, n)| *n == row.network_interface)
+            })
+            .copied()
+            .collect();
+        for key in found {
+            dp.responder.remove(key.0, key.1)?;
+            dp.entries.remove(&key);
+            dp.release_interface(key.1);
+        }
+        dp.free_unused_slots();
+        Ok(())
+    }
+
+    fn prune(&mut self, desired: &[L2AnnounceRow]) -> Result<(), DatapathError> {
+        let mut wanted: BTreeSet<(IpAddr, u32)> = BTreeSet::new();
+        for row in desired {
+            if let Ok(device) = self.device(&row.network_interface) {
+                wanted.insert((row.ip, device.index));
+            }
+        }
+        let mut dp = lock(&self.datapath);
+        // What the maps hold may include entries of an earlier run.
+        for entry in dp.responder.list()? {
+            let key = (entry.ip, entry.ifindex);
+            if !wanted.contains(&key) {
+                dp.responder.remove(entry.ip, entry.ifindex)?;
+                if dp.entries.remove(&key).is_some() {
+                    dp.release_interface(entry.ifindex);
+                }
+                info!(ip = %entry.ip, ifindex = entry.ifindex, "pruned stale entry");
+            }
+        }
+        // Attachments nobody wants (left by an earlier run) go too.
+        let keep: Vec<AttachedLink> = dp
+            .users
+            .keys()
+            .map(|&ifindex| AttachedLink {
+                ifindex,
+                mode: dp.mode,
+            })
+            .collect();
+        dp.responder.cleanup_stale(&keep)?;
+        dp.free_unused_slots();
+        Ok(())
+    }
+}
+
+/// Builds the reconciler over `l2-announce` for this datapath.
+pub fn reconciler(
+    db: &statedb::Db,
+    datapath: Arc<Mutex<Datapath>>,
+    gratuitous: GratuitousConfig,
+    observer: Arc<dyn DatapathObserver>,
+) -> Result<statedb::Reconciler<L2AnnounceRow, ResponderTarget>, statedb::Error> {
+    let table = Table::open(db, L2_ANNOUNCE)?;
+    let devices = Table::open(db, DEVICES)?;
+    let target = ResponderTarget {
+        datapath,
+        db: db.clone(),
+        devices,
+        gratuitous,
+        observer,
+    };
+    Ok(statedb::Reconciler::new(
+        db,
+        &table,
+        target,
+        statedb::ReconcilerConfig::default(),
+    ))
+}
+
+/// The actor: fences, liveness, election groups.
+pub struct AnnounceActor {
+    datapath: Arc<Mutex<Datapath>>,
+    liveness_interval: Duration,
+    observer: Arc<dyn DatapathObserver>,
+}
+
+impl AnnounceActor {
+    pub fn new(
+        datapath: Arc<Mutex<Datapath>>,
+        liveness_interval: Duration,
+        observer: Arc<dyn DatapathObserver>,
+    ) -> Self {
+        AnnounceActor {
+            datapath,
+            liveness_interval,
+            observer,
+        }
+    }
+
+    fn refresh_liveness(&self) {
+        match lock(&self.datapath).set_liveness_now() {
+            Ok(_) => self.observer.liveness_refreshed(),
+            Err(e) => warn!(error = %e, "refreshing datapath liveness"),
+        }
+    }
+}
+
+impl Actor for AnnounceActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.refresh_liveness();
+        ctx.run_interval(self.liveness_interval, |act, _| act.refresh_liveness());
+    }
+}
+
+impl Handler<Renewed> for AnnounceActor {
+    type Result = ();
+    fn handle(&mut self, msg: Renewed, _ctx: &mut Context<Self>) {
+        if let Err(e) = lock(&self.datapath).renew(&msg.service, msg.fence_until) {
+            warn!(service = %msg.service, error = %e, "extending lease fence");
+        }
+    }
+}
+
+impl Handler<ElectionGroups> for AnnounceActor {
+    type Result = ();
+    fn handle(&mut self, msg: ElectionGroups, _ctx: &mut Context<Self>) {
+        let mut dp = lock(&self.datapath);
+        dp.groups = msg.0;
+        dp.free_unused_slots();
+    }
+}

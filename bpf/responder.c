@@ -1,0 +1,589 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+/*
+ * l2announcer ARP / IPv6 Neighbor Solicitation responder.
+ *
+ * Answers ARP requests and Neighbor Solicitations for the Service IPs listed
+ * in l2_responder_v4 / l2_responder_v6 for the ingress interface, while the
+ * agent is alive (agent_liveness) and the entry's lease fence lies in the
+ * future (lease_fence). The reply is built in place and sent back out of the
+ * interface it came in on. Every other frame is left untouched and handed on
+ * (TC: TC_ACT_UNSPEC, so later TCX programs and legacy tc filters still run;
+ * XDP: XDP_PASS).
+ *
+ * The same logic is compiled twice: `l2_responder` (TC, SEC("classifier"))
+ * and `l2_responder_xdp` (XDP). See bpf/README.md for the map contract.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/pkt_cls.h>
+#include <stdbool.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* ---- map contract (mirrored by bpf/src/maps.rs) ------------------------ */
+
+#define L2_RESPONDER_MAX_ENTRIES 16384
+#define LEASE_FENCE_SLOTS 65536
+#define IFMAC_MAX_ENTRIES 4096
+
+struct l2_responder_v4_key {
+	__be32 ip;
+	__u32 ifindex;
+};
+
+struct l2_responder_v6_key {
+	__u8 ip[16];
+	__u32 ifindex;
+	__u32 pad;
+};
+
+struct l2_responder_entry {
+	__u64 responses_sent;
+	__u32 fence_slot;
+	__u32 flags;
+};
+
+struct l2_responder_ifmac {
+	__u8 addr[6];
+	__u16 pad;
+};
+
+struct l2_responder_config {
+	__u64 max_liveness_ns;
+	__u64 reserved;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct l2_responder_v4_key);
+	__type(value, struct l2_responder_entry);
+	__uint(max_entries, L2_RESPONDER_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} l2_responder_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct l2_responder_v6_key);
+	__type(value, struct l2_responder_entry);
+	__uint(max_entries, L2_RESPONDER_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} l2_responder_v6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} agent_liveness SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, LEASE_FENCE_SLOTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lease_fence SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct l2_responder_ifmac);
+	__uint(max_entries, IFMAC_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} l2_responder_ifmac SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct l2_responder_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} l2_responder_config SEC(".maps");
+
+/* ---- packet layouts ---------------------------------------------------- */
+
+#define ARPHRD_ETHER 1
+#define ARPOP_REQUEST 1
+#define ARPOP_REPLY 2
+#define IPPROTO_ICMPV6 58
+#define ND_NEIGHBOR_SOLICIT 135
+#define ND_NEIGHBOR_ADVERT 136
+#define ND_OPT_TARGET_LL_ADDR 2
+#define NA_FLAG_SOLICITED 0x40
+#define NA_FLAG_OVERRIDE 0x20
+#define NDP_HOP_LIMIT 255
+
+/* Smallest NS is 24 bytes (type, code, checksum, reserved, target); options
+ * come in units of 8 bytes. Longer solicitations are passed to the kernel. */
+#define NS_MIN_LEN 24
+#define NS_MAX_LEN 256
+#define NA_LEN 32
+
+struct arp_eth {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 op;
+	__u8 sha[ETH_ALEN];
+	__u8 spa[4];
+	__u8 tha[ETH_ALEN];
+	__u8 tpa[4];
+} __attribute__((packed));
+
+struct ip6_hdr {
+	__u8 vtc_flow[4];
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u8 saddr[16];
+	__u8 daddr[16];
+} __attribute__((packed));
+
+struct nd_msg {
+	__u8 type;
+	__u8 code;
+	__be16 csum;
+	__u8 flags;
+	__u8 reserved[3];
+	__u8 target[16];
+} __attribute__((packed));
+
+struct na_msg {
+	struct nd_msg nd;
+	__u8 opt_type;
+	__u8 opt_len;
+	__u8 opt_mac[ETH_ALEN];
+} __attribute__((packed));
+
+struct na_frame {
+	struct ethhdr eth;
+	struct ip6_hdr ip6;
+	struct na_msg na;
+} __attribute__((packed));
+
+struct ip6_pseudo {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be32 len;
+	__be32 nexthdr;
+} __attribute__((packed));
+
+#define ETH_LEN sizeof(struct ethhdr)
+#define ARP_FRAME_LEN (ETH_LEN + sizeof(struct arp_eth))
+#define IP6_OFF ETH_LEN
+#define ND_OFF (ETH_LEN + sizeof(struct ip6_hdr))
+#define NA_FRAME_LEN (ND_OFF + NA_LEN)
+
+/* ---- context abstraction: TC skb or XDP buffer -------------------------- */
+
+static __always_inline void *ctx_data(void *ctx, const bool xdp)
+{
+	if (xdp)
+		return (void *)(long)((struct xdp_md *)ctx)->data;
+	return (void *)(long)((struct __sk_buff *)ctx)->data;
+}
+
+static __always_inline void *ctx_data_end(void *ctx, const bool xdp)
+{
+	if (xdp)
+		return (void *)(long)((struct xdp_md *)ctx)->data_end;
+	return (void *)(long)((struct __sk_buff *)ctx)->data_end;
+}
+
+static __always_inline __u32 ctx_ifindex(void *ctx, const bool xdp)
+{
+	if (xdp)
+		return ((struct xdp_md *)ctx)->ingress_ifindex;
+	return ((struct __sk_buff *)ctx)->ingress_ifindex;
+}
+
+static __always_inline int verdict_pass(const bool xdp)
+{
+	return xdp ? XDP_PASS : TC_ACT_UNSPEC;
+}
+
+static __always_inline int verdict_send(__u32 ifindex, const bool xdp)
+{
+	if (xdp)
+		return XDP_TX;
+	return bpf_redirect(ifindex, 0);
+}
+
+/* Makes at least `len` bytes directly readable (TC only: an skb may hold part
+ * of a frame outside its linear area). Returns false when the frame is
+ * shorter than `len`. */
+static __always_inline bool ctx_pull(void *ctx, __u32 len, const bool xdp)
+{
+	void *data = ctx_data(ctx, xdp);
+	void *end = ctx_data_end(ctx, xdp);
+
+	if (data + len <= end)
+		return true;
+	if (xdp)
+		return false;
+	if (((struct __sk_buff *)ctx)->len < len)
+		return false;
+	return bpf_skb_pull_data(ctx, len) == 0;
+}
+
+/* Sets the frame length to exactly `len` bytes. Called even when the length
+ * already fits (a no-op then): a single path keeps clang from merging packet
+ * pointers of two paths, which the verifier cannot follow. */
+static __always_inline bool ctx_resize(void *ctx, __u32 len, const bool xdp)
+{
+	if (xdp) {
+		/* The verifier forbids pointer arithmetic on data_end, so ask. */
+		__u64 cur = bpf_xdp_get_buff_len(ctx);
+
+		return bpf_xdp_adjust_tail(ctx, (int)len - (int)cur) == 0;
+	}
+	return bpf_skb_change_tail(ctx, len, 0) == 0;
+}
+
+/* ---- gates --------------------------------------------------------------- */
+
+/* The agent refreshed agent_liveness[0] less than max_liveness_ns ago. An
+ * unset liveness (0), an unset maximum (0) or a liveness in the future all
+ * fail closed. */
+static __always_inline bool agent_alive(__u64 now)
+{
+	__u32 zero = 0;
+	__u64 *last = bpf_map_lookup_elem(&agent_liveness, &zero);
+	struct l2_responder_config *cfg = bpf_map_lookup_elem(&l2_responder_config, &zero);
+
+	if (!last || !cfg || *last == 0 || *last > now)
+		return false;
+	return now - *last < cfg->max_liveness_ns;
+}
+
+static __always_inline bool fence_open(const struct l2_responder_entry *entry, __u64 now)
+{
+	__u32 slot = entry->fence_slot;
+	__u64 *deadline = bpf_map_lookup_elem(&lease_fence, &slot);
+
+	return deadline && now < *deadline;
+}
+
+static __always_inline bool mac_eq(const __u8 *a, const __u8 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
+	       a[5] == b[5];
+}
+
+static __always_inline bool mac_is_broadcast(const __u8 *a)
+{
+	return (a[0] & a[1] & a[2] & a[3] & a[4] & a[5]) == 0xff;
+}
+
+/* ---- ARP ----------------------------------------------------------------- */
+
+static __always_inline int handle_arp(void *ctx, __u32 ifindex, const bool xdp)
+{
+	struct l2_responder_v4_key key = {};
+	struct l2_responder_ifmac *ifmac;
+	struct l2_responder_entry *entry;
+	struct arp_eth *arp;
+	struct ethhdr *eth;
+	void *data, *end;
+	__u8 requester_mac[ETH_ALEN];
+	__u8 requester_ip[4];
+	__u64 now;
+
+	if (!ctx_pull(ctx, ARP_FRAME_LEN, xdp))
+		return verdict_pass(xdp);
+	data = ctx_data(ctx, xdp);
+	end = ctx_data_end(ctx, xdp);
+	eth = data;
+	arp = data + ETH_LEN;
+	if ((void *)(arp + 1) > end)
+		return verdict_pass(xdp);
+
+	if (arp->htype != bpf_htons(ARPHRD_ETHER) || arp->ptype != bpf_htons(ETH_P_IP) ||
+	    arp->hlen != ETH_ALEN || arp->plen != 4 || arp->op != bpf_htons(ARPOP_REQUEST))
+		return verdict_pass(xdp);
+
+	ifmac = bpf_map_lookup_elem(&l2_responder_ifmac, &ifindex);
+	if (!ifmac)
+		return verdict_pass(xdp);
+	if (!mac_is_broadcast(eth->h_dest) && !mac_eq(eth->h_dest, ifmac->addr))
+		return verdict_pass(xdp);
+
+	__builtin_memcpy(&key.ip, arp->tpa, 4);
+	key.ifindex = ifindex;
+	entry = bpf_map_lookup_elem(&l2_responder_v4, &key);
+	if (!entry)
+		return verdict_pass(xdp);
+
+	now = bpf_ktime_get_ns();
+	if (!agent_alive(now) || !fence_open(entry, now))
+		return verdict_pass(xdp);
+
+	/* Build the reply in place. */
+	__builtin_memcpy(requester_mac, arp->sha, ETH_ALEN);
+	__builtin_memcpy(requester_ip, arp->spa, 4);
+
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, ifmac->addr, ETH_ALEN);
+	arp->op = bpf_htons(ARPOP_REPLY);
+	__builtin_memcpy(arp->tha, requester_mac, ETH_ALEN);
+	__builtin_memcpy(arp->tpa, requester_ip, 4);
+	__builtin_memcpy(arp->sha, ifmac->addr, ETH_ALEN);
+	__builtin_memcpy(arp->spa, &key.ip, 4);
+
+	__sync_fetch_and_add(&entry->responses_sent, 1);
+	return verdict_send(ifindex, xdp);
+}
+
+/* ---- IPv6 Neighbor Solicitation -------------------------------------------- */
+
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+/* One's complement sum of the 40-byte IPv6 pseudo header. */
+static __always_inline __u32 csum_pseudo(const struct ip6_pseudo *ph)
+{
+	const __u16 *w = (const __u16 *)ph;
+	__u32 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*ph) / 2); i++)
+		sum += w[i];
+	return sum;
+}
+
+static __always_inline bool ipv6_is_unspecified(const __u8 *a)
+{
+	__u8 acc = 0;
+
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		acc |= a[i];
+	return acc == 0;
+}
+
+static __always_inline bool ipv6_eq(const __u8 *a, const __u8 *b)
+{
+	__u8 acc = 0;
+
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		acc |= a[i] ^ b[i];
+	return acc == 0;
+}
+
+/* ff02::1:ffXX:XXXX for the last three bytes of `target`. */
+static __always_inline bool ipv6_is_solicited_node_of(const __u8 *a, const __u8 *target)
+{
+	__u8 acc = (a[0] ^ 0xff) | (a[1] ^ 0x02) | (a[11] ^ 0x01) | (a[12] ^ 0xff);
+
+#pragma unroll
+	for (int i = 2; i < 11; i++)
+		acc |= a[i];
+	return acc == 0 && a[13] == target[13] && a[14] == target[14] && a[15] == target[15];
+}
+
+static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
+{
+	struct l2_responder_v6_key key = {};
+	struct l2_responder_ifmac *ifmac;
+	struct l2_responder_entry *entry;
+	struct ip6_pseudo ph = {};
+	struct ip6_hdr *ip6;
+	struct ethhdr *eth;
+	struct nd_msg *ns;
+	struct na_msg na = {};
+	struct na_frame *frame;
+	__u8 reply_mac[ETH_ALEN];
+	__u8 src_mac[ETH_ALEN];
+	void *data, *end;
+	__u32 icmp_len;
+	__u32 sum;
+	bool dad;
+	__u64 now;
+
+	if (!ctx_pull(ctx, ND_OFF + NS_MIN_LEN, xdp))
+		return verdict_pass(xdp);
+	data = ctx_data(ctx, xdp);
+	end = ctx_data_end(ctx, xdp);
+	eth = data;
+	ip6 = data + IP6_OFF;
+	ns = data + ND_OFF;
+	if ((void *)(ns + 1) > end)
+		return verdict_pass(xdp);
+
+	if ((ip6->vtc_flow[0] >> 4) != 6 || ip6->nexthdr != IPPROTO_ICMPV6 ||
+	    ip6->hop_limit != NDP_HOP_LIMIT)
+		return verdict_pass(xdp);
+	if (ns->type != ND_NEIGHBOR_SOLICIT || ns->code != 0)
+		return verdict_pass(xdp);
+	icmp_len = bpf_ntohs(ip6->payload_len);
+	if (icmp_len < NS_MIN_LEN || icmp_len > NS_MAX_LEN || (icmp_len & 7) != 0)
+		return verdict_pass(xdp);
+
+	/* Addressing: to the target itself (unicast NUD) or to its
+	 * solicited-node group; DAD (source ::) only to the group. */
+	dad = ipv6_is_unspecified(ip6->saddr);
+	if (!ipv6_is_solicited_node_of(ip6->daddr, ns->target) &&
+	    (dad || !ipv6_eq(ip6->daddr, ns->target)))
+		return verdict_pass(xdp);
+
+	ifmac = bpf_map_lookup_elem(&l2_responder_ifmac, &ifindex);
+	if (!ifmac)
+		return verdict_pass(xdp);
+	if (!mac_eq(eth->h_dest, ifmac->addr) &&
+	    !(eth->h_dest[0] == 0x33 && eth->h_dest[1] == 0x33 &&
+	      eth->h_dest[2] == ip6->daddr[12] && eth->h_dest[3] == ip6->daddr[13] &&
+	      eth->h_dest[4] == ip6->daddr[14] && eth->h_dest[5] == ip6->daddr[15]))
+		return verdict_pass(xdp);
+
+	__builtin_memcpy(key.ip, ns->target, 16);
+	key.ifindex = ifindex;
+	entry = bpf_map_lookup_elem(&l2_responder_v6, &key);
+	if (!entry)
+		return verdict_pass(xdp);
+
+	now = bpf_ktime_get_ns();
+	if (!agent_alive(now) || !fence_open(entry, now))
+		return verdict_pass(xdp);
+
+	/* Verify the ICMPv6 checksum over pseudo header and message. */
+	if (!ctx_pull(ctx, ND_OFF + icmp_len, xdp))
+		return verdict_pass(xdp);
+	data = ctx_data(ctx, xdp);
+	end = ctx_data_end(ctx, xdp);
+	ip6 = data + IP6_OFF;
+	if ((void *)(ip6 + 1) > end)
+		return verdict_pass(xdp);
+	__builtin_memcpy(ph.saddr, ip6->saddr, 16);
+	__builtin_memcpy(ph.daddr, ip6->daddr, 16);
+	ph.len = bpf_htonl(icmp_len);
+	ph.nexthdr = bpf_htonl(IPPROTO_ICMPV6);
+	sum = csum_pseudo(&ph);
+#pragma unroll
+	for (int i = 0; i < NS_MAX_LEN / 2; i++) {
+		__u16 *w = data + ND_OFF + i * 2;
+
+		if ((__u32)(i * 2) >= icmp_len)
+			break;
+		if ((void *)(w + 1) > end)
+			return verdict_pass(xdp);
+		sum += *w;
+	}
+	if (csum_fold(sum) != 0xffff)
+		return verdict_pass(xdp);
+
+	/* Everything needed for the reply, taken before the frame changes. */
+	eth = data;
+	dad = ipv6_is_unspecified(ip6->saddr);
+	__builtin_memcpy(src_mac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(ph.saddr, key.ip, 16);
+	if (dad) {
+		/* ff02::1 and its multicast MAC 33:33:00:00:00:01 */
+		__builtin_memset(ph.daddr, 0, 16);
+		ph.daddr[0] = 0xff;
+		ph.daddr[1] = 0x02;
+		ph.daddr[15] = 0x01;
+		reply_mac[0] = 0x33;
+		reply_mac[1] = 0x33;
+		reply_mac[2] = 0;
+		reply_mac[3] = 0;
+		reply_mac[4] = 0;
+		reply_mac[5] = 0x01;
+	} else {
+		__builtin_memcpy(ph.daddr, ip6->saddr, 16);
+		__builtin_memcpy(reply_mac, src_mac, ETH_ALEN);
+	}
+	ph.len = bpf_htonl(NA_LEN);
+
+	na.nd.type = ND_NEIGHBOR_ADVERT;
+	na.nd.code = 0;
+	na.nd.flags = dad ? NA_FLAG_OVERRIDE : (NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE);
+	__builtin_memcpy(na.nd.target, key.ip, 16);
+	na.opt_type = ND_OPT_TARGET_LL_ADDR;
+	na.opt_len = 1;
+	__builtin_memcpy(na.opt_mac, ifmac->addr, ETH_ALEN);
+	sum = csum_pseudo(&ph);
+	{
+		const __u16 *w = (const __u16 *)&na;
+
+#pragma unroll
+		for (int i = 0; i < NA_LEN / 2; i++)
+			sum += w[i];
+	}
+	na.nd.csum = ~csum_fold(sum);
+
+	/* From here on the frame is rewritten; a failure drops it rather than
+	 * handing a half-built frame to the kernel. */
+	if (!ctx_resize(ctx, NA_FRAME_LEN, xdp))
+		return verdict_pass(xdp);
+	data = ctx_data(ctx, xdp);
+	end = ctx_data_end(ctx, xdp);
+	frame = data;
+	if ((void *)(frame + 1) > end)
+		return xdp ? XDP_DROP : TC_ACT_SHOT;
+	eth = &frame->eth;
+	ip6 = &frame->ip6;
+
+	__builtin_memcpy(eth->h_dest, reply_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, ifmac->addr, ETH_ALEN);
+	ip6->vtc_flow[0] = 0x60;
+	ip6->vtc_flow[1] = 0;
+	ip6->vtc_flow[2] = 0;
+	ip6->vtc_flow[3] = 0;
+	ip6->payload_len = bpf_htons(NA_LEN);
+	ip6->nexthdr = IPPROTO_ICMPV6;
+	ip6->hop_limit = NDP_HOP_LIMIT;
+	__builtin_memcpy(ip6->saddr, ph.saddr, 16);
+	__builtin_memcpy(ip6->daddr, ph.daddr, 16);
+	__builtin_memcpy(&frame->na, &na, NA_LEN);
+
+	__sync_fetch_and_add(&entry->responses_sent, 1);
+	return verdict_send(ifindex, xdp);
+}
+
+/* ---- entry points ------------------------------------------------------------ */
+
+static __always_inline int respond(void *ctx, const bool xdp)
+{
+	void *data = ctx_data(ctx, xdp);
+	void *end = ctx_data_end(ctx, xdp);
+	struct ethhdr *eth = data;
+	__u32 ifindex;
+
+	if ((void *)(eth + 1) > end)
+		return verdict_pass(xdp);
+	/* At TC ingress the kernel has already moved an 802.1Q tag out of the
+	 * frame; such frames belong to the VLAN device, not to this one. */
+	if (!xdp && ((struct __sk_buff *)ctx)->vlan_present)
+		return verdict_pass(xdp);
+
+	ifindex = ctx_ifindex(ctx, xdp);
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return handle_arp(ctx, ifindex, xdp);
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return handle_ns(ctx, ifindex, xdp);
+	return verdict_pass(xdp);
+}
+
+SEC("classifier")
+int l2_responder(struct __sk_buff *skb)
+{
+	return respond(skb, false);
+}
+
+SEC("xdp")
+int l2_responder_xdp(struct xdp_md *ctx)
+{
+	return respond(ctx, true);
+}

@@ -1,0 +1,830 @@
+//! [`Responder`]: loads `responder.o` with aya, pins its maps under a bpffs
+//! directory (reused by the next agent), offers typed access to the maps and
+//! attaches the program to interfaces with attachments that outlive the
+//! process.
+//!
+//! Attachment: TC ingress through a TCX bpf_link (default) or XDP through an
+//! XDP bpf_link, each pinned at `<pin_dir>/links/{tc,xdp}-<ifindex>`. A pinned
+//! link stays attached after the process exits; a restarted agent opens the
+//! pin and swaps its freshly loaded program in atomically
+//! (`BPF_LINK_UPDATE`), so there is no moment without a responder. Removing
+//! the pin detaches. See bpf/README.md.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap, MapData, MapError};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::maps::{
+    ConfigValue, EntryValue, IFMAC_MAX_ENTRIES, IfMacValue, LEASE_FENCE_SLOTS, MacAddr,
+    RESPONDER_MAX_ENTRIES, V4Key, V6Key,
+};
+use crate::sys;
+
+/// The compiled datapath (built by build.rs from `responder.c`).
+static RESPONDER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/responder.o"));
+
+/// Name of the TC program in the object.
+pub const TC_PROGRAM: &str = "l2_responder";
+/// Name of the XDP program in the object.
+pub const XDP_PROGRAM: &str = "l2_responder_xdp";
+
+const MAP_V4: &str = "l2_responder_v4";
+const MAP_V6: &str = "l2_responder_v6";
+const MAP_LIVENESS: &str = "agent_liveness";
+const MAP_FENCE: &str = "lease_fence";
+const MAP_IFMAC: &str = "l2_responder_ifmac";
+const MAP_CONFIG: &str = "l2_responder_config";
+const LINKS_DIR: &str = "links";
+
+/// Every map the object pins: name, key size, value size, max entries.
+const PINNED_MAPS: [(&str, u32, u32, u32); 6] = [
+    (MAP_V4, 8, 16, RESPONDER_MAX_ENTRIES),
+    (MAP_V6, 24, 16, RESPONDER_MAX_ENTRIES),
+    (MAP_LIVENESS, 4, 8, 1),
+    (MAP_FENCE, 4, 8, LEASE_FENCE_SLOTS),
+    (MAP_IFMAC, 4, 8, IFMAC_MAX_ENTRIES),
+    (MAP_CONFIG, 4, 16, 1),
+];
+
+/// Where the responder runs on an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AttachMode {
+    /// TC ingress (TCX link). Sees frames after the driver built an skb;
+    /// works on every device and coexists with other TCX programs.
+    #[default]
+    Tc,
+    /// XDP (driver mode where supported, else generic). Earliest hook, but
+    /// an interface has only one XDP program.
+    Xdp,
+}
+
+impl AttachMode {
+    fn pin_prefix(self) -> &'static str {
+        match self {
+            Self::Tc => "tc-",
+            Self::Xdp => "xdp-",
+        }
+    }
+
+    fn other(self) -> Self {
+        match self {
+            Self::Tc => Self::Xdp,
+            Self::Xdp => Self::Tc,
+        }
+    }
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tc => "tc",
+            Self::Xdp => "xdp",
+        })
+    }
+}
+
+/// A pinned attachment found under `<pin_dir>/links`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttachedLink {
+    /// Interface index.
+    pub ifindex: u32,
+    /// TC or XDP.
+    pub mode: AttachMode,
+}
+
+/// One responder map entry, as listed by [`Responder::list`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponderEntry {
+    /// The answered address.
+    pub ip: IpAddr,
+    /// The interface it is answered on.
+    pub ifindex: u32,
+    /// Its `lease_fence` slot.
+    pub fence_slot: u32,
+    /// Replies the datapath sent for it.
+    pub responses_sent: u64,
+}
+
+/// How to open the responder.
+#[derive(Clone, Debug)]
+pub struct ResponderConfig {
+    /// bpffs directory holding the pinned maps and links, e.g.
+    /// `/sys/fs/bpf/l2announcer`. Created when missing.
+    pub pin_dir: PathBuf,
+    /// Maximum age of `agent_liveness` for the datapath to answer
+    /// (written to `l2_responder_config`; default: the lease duration).
+    pub max_liveness: Duration,
+}
+
+/// Errors of [`Responder`].
+#[derive(Debug, thiserror::Error)]
+pub enum ResponderError {
+    /// The pin directory is not on a bpf filesystem.
+    #[error("{path} is not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    NotBpffs {
+        /// The configured pin directory.
+        path: PathBuf,
+    },
+    /// A file system operation under the pin directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// Underlying error.
+        source: io::Error,
+    },
+    /// Loading the object (map creation, relocation) failed.
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// The object lacks a map or program it must have (build mismatch).
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// Underlying error.
+        source: Box<MapError>,
+    },
+    /// Loading (verifier) or attaching a program failed.
+    #[error("program {program}: {source}")]
+    Program {
+        /// Program name.
+        program: &'static str,
+        /// Underlying error.
+        source: Box<ProgramError>,
+    },
+    /// Pinning or opening a pinned link failed.
+    #[error("link {path}: {message}")]
+    Link {
+        /// The link's pin path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// No interface with that name in this network namespace.
+    #[error("no interface named {0:?}")]
+    UnknownInterface(String),
+    /// A fence slot beyond the `lease_fence` map.
+    #[error("fence slot {0} out of range (the map has {LEASE_FENCE_SLOTS} slots)")]
+    FenceSlot(u32),
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ResponderError {
+    move |source| ResponderError::Map {
+        map,
+        source: Box::new(source),
+    }
+}
+
+fn prog_err(program: &'static str) -> impl FnOnce(ProgramError) -> ResponderError {
+    move |source| ResponderError::Program {
+        program,
+        source: Box::new(source),
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ResponderError + '_ {
+    move |source| ResponderError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn is_enoent(err: &MapError) -> bool {
+    matches!(err, MapError::KeyNotFound)
+        || matches!(err, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT))
+}
+
+/// The loaded responder: programs, typed maps and attachments.
+pub struct Responder {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    v4: HashMap<MapData, V4Key, EntryValue>,
+    v6: HashMap<MapData, V6Key, EntryValue>,
+    liveness: Array<MapData, u64>,
+    fence: Array<MapData, u64>,
+    ifmac: HashMap<MapData, u32, IfMacValue>,
+    config: Array<MapData, ConfigValue>,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("pin_dir", &self.pin_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Responder {
+    /// Loads the object, creating its maps under `config.pin_dir` or reusing
+    /// the ones a previous agent pinned there (their entries, counters and
+    /// liveness stay), loads both programs (the verifier runs here) and
+    /// writes the maximum liveness age.
+    pub fn open(config: &ResponderConfig) -> Result<Self, ResponderError> {
+        let pin_dir = config.pin_dir.clone();
+        if !sys::is_on_bpffs(&pin_dir).map_err(io_err(Path::new("/proc/self/mounts")))? {
+            return Err(ResponderError::NotBpffs { path: pin_dir });
+        }
+        let links = pin_dir.join(LINKS_DIR);
+        std::fs::create_dir_all(&links).map_err(io_err(&links))?;
+        drop_incompatible_pins(&pin_dir)?;
+
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .load(RESPONDER_OBJ)
+            .map_err(|e| ResponderError::Load(Box::new(e)))?;
+
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(TC_PROGRAM)
+            .ok_or(ResponderError::Missing(TC_PROGRAM))?
+            .try_into()
+            .map_err(prog_err(TC_PROGRAM))?;
+        tc.load().map_err(prog_err(TC_PROGRAM))?;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or(ResponderError::Missing(XDP_PROGRAM))?
+            .try_into()
+            .map_err(prog_err(XDP_PROGRAM))?;
+        xdp.load().map_err(prog_err(XDP_PROGRAM))?;
+
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(ResponderError::Missing(name));
+        let v4 = HashMap::try_from(take(MAP_V4)?).map_err(map_err(MAP_V4))?;
+        let v6 = HashMap::try_from(take(MAP_V6)?).map_err(map_err(MAP_V6))?;
+        let liveness = Array::try_from(take(MAP_LIVENESS)?).map_err(map_err(MAP_LIVENESS))?;
+        let fence = Array::try_from(take(MAP_FENCE)?).map_err(map_err(MAP_FENCE))?;
+        let ifmac = HashMap::try_from(take(MAP_IFMAC)?).map_err(map_err(MAP_IFMAC))?;
+        let cfg = Array::try_from(take(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
+
+        let mut responder = Self {
+            ebpf,
+            pin_dir,
+            v4,
+            v6,
+            liveness,
+            fence,
+            ifmac,
+            config: cfg,
+        };
+        responder.set_max_liveness(config.max_liveness)?;
+        tracing::info!(pin_dir = %responder.pin_dir.display(), "eBPF responder loaded");
+        Ok(responder)
+    }
+
+    /// The bpffs directory of this responder.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Sets the maximum liveness age the datapath accepts.
+    pub fn set_max_liveness(&mut self, max: Duration) -> Result<(), ResponderError> {
+        let value = ConfigValue {
+            max_liveness_ns: u64::try_from(max.as_nanos()).unwrap_or(u64::MAX),
+            reserved: 0,
+        };
+        self.config.set(0, value, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    /// Answers ARP for `ip` on `ifindex`, gated by `lease_fence[fence_slot]`.
+    /// Re-inserting an existing entry keeps its counter.
+    pub fn insert_v4(
+        &mut self,
+        ip: Ipv4Addr,
+        ifindex: u32,
+        fence_slot: u32,
+    ) -> Result<(), ResponderError> {
+        check_slot(fence_slot)?;
+        let key = V4Key::new(ip, ifindex);
+        let value = match self.v4.get(&key, 0) {
+            Ok(v) if v.fence_slot == fence_slot => return Ok(()),
+            Ok(v) => EntryValue { fence_slot, ..v },
+            Err(e) if is_enoent(&e) => EntryValue {
+                fence_slot,
+                ..EntryValue::default()
+            },
+            Err(e) => return Err(map_err(MAP_V4)(e)),
+        };
+        self.v4.insert(key, value, 0).map_err(map_err(MAP_V4))
+    }
+
+    /// Stops answering ARP for `ip` on `ifindex`. Returns whether it was there.
+    pub fn remove_v4(&mut self, ip: Ipv4Addr, ifindex: u32) -> Result<bool, ResponderError> {
+        match self.v4.remove(&V4Key::new(ip, ifindex)) {
+            Ok(()) => Ok(true),
+            Err(e) if is_enoent(&e) => Ok(false),
+            Err(e) => Err(map_err(MAP_V4)(e)),
+        }
+    }
+
+    /// Answers Neighbor Solicitations for `ip` on `ifindex`, gated by
+    /// `lease_fence[fence_slot]`. Re-inserting keeps the counter.
+    pub fn insert_v6(
+        &mut self,
+        ip: Ipv6Addr,
+        ifindex: u32,
+        fence_slot: u32,
+    ) -> Result<(), ResponderError> {
+        check_slot(fence_slot)?;
+        let key = V6Key::new(ip, ifindex);
+        let value = match self.v6.get(&key, 0) {
+            Ok(v) if v.fence_slot == fence_slot => return Ok(()),
+            Ok(v) => EntryValue { fence_slot, ..v },
+            Err(e) if is_enoent(&e) => EntryValue {
+                fence_slot,
+                ..EntryValue::default()
+            },
+            Err(e) => return Err(map_err(MAP_V6)(e)),
+        };
+        self.v6.insert(key, value, 0).map_err(map_err(MAP_V6))
+    }
+
+    /// Stops answering for `ip` on `ifindex`. Returns whether it was there.
+    pub fn remove_v6(&mut self, ip: Ipv6Addr, ifindex: u32) -> Result<bool, ResponderError> {
+        match self.v6.remove(&V6Key::new(ip, ifindex)) {
+            Ok(()) => Ok(true),
+            Err(e) if is_enoent(&e) => Ok(false),
+            Err(e) => Err(map_err(MAP_V6)(e)),
+        }
+    }
+
+    /// Inserts or removes `ip` (either family) on `ifindex`: the form the
+    /// reconciler uses.
+    pub fn insert(
+        &mut self,
+        ip: IpAddr,
+        ifindex: u32,
+        fence_slot: u32,
+    ) -> Result<(), ResponderError> {
+        match ip {
+            IpAddr::V4(ip) => self.insert_v4(ip, ifindex, fence_slot),
+            IpAddr::V6(ip) => self.insert_v6(ip, ifindex, fence_slot),
+        }
+    }
+
+    /// See [`Responder::insert`].
+    pub fn remove(&mut self, ip: IpAddr, ifindex: u32) -> Result<bool, ResponderError> {
+        match ip {
+            IpAddr::V4(ip) => self.remove_v4(ip, ifindex),
+            IpAddr::V6(ip) => self.remove_v6(ip, ifindex),
+        }
+    }
+
+    /// Every entry of both maps with its counter.
+    pub fn list(&self) -> Result<Vec<ResponderEntry>, ResponderError> {
+        let mut out = Vec::new();
+        for item in self.v4.iter() {
+            let (k, v) = item.map_err(map_err(MAP_V4))?;
+            out.push(ResponderEntry {
+                ip: IpAddr::V4(k.addr()),
+                ifindex: k.ifindex,
+                fence_slot: v.fence_slot,
+                responses_sent: v.responses_sent,
+            });
+        }
+        for item in self.v6.iter() {
+            let (k, v) = item.map_err(map_err(MAP_V6))?;
+            out.push(ResponderEntry {
+                ip: IpAddr::V6(k.addr()),
+                ifindex: k.ifindex,
+                fence_slot: v.fence_slot,
+                responses_sent: v.responses_sent,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stamps `agent_liveness` with the current monotonic time; returns it.
+    pub fn set_liveness_now(&mut self) -> Result<u64, ResponderError> {
+        let now = sys::monotonic_now_ns();
+        self.set_liveness(now)?;
+        Ok(now)
+    }
+
+    /// Writes `agent_liveness[0]` (CLOCK_MONOTONIC ns; 0 = never, which
+    /// silences the datapath).
+    pub fn set_liveness(&mut self, ktime_ns: u64) -> Result<(), ResponderError> {
+        self.liveness
+            .set(0, ktime_ns, 0)
+            .map_err(map_err(MAP_LIVENESS))
+    }
+
+    /// The current `agent_liveness[0]`.
+    pub fn liveness(&self) -> Result<u64, ResponderError> {
+        self.liveness.get(&0, 0).map_err(map_err(MAP_LIVENESS))
+    }
+
+    /// Sets the deadline (CLOCK_MONOTONIC ns) of fence `slot`; entries with
+    /// that slot are answered only before it. 0 closes the fence.
+    pub fn set_fence(&mut self, slot: u32, deadline_ns: u64) -> Result<(), ResponderError> {
+        check_slot(slot)?;
+        self.fence
+            .set(slot, deadline_ns, 0)
+            .map_err(map_err(MAP_FENCE))
+    }
+
+    /// The deadline of fence `slot`.
+    pub fn fence(&self, slot: u32) -> Result<u64, ResponderError> {
+        check_slot(slot)?;
+        self.fence.get(&slot, 0).map_err(map_err(MAP_FENCE))
+    }
+
+    /// Records the MAC the datapath answers with on `ifindex` (also done by
+    /// [`Responder::attach`]; call again when the MAC changes).
+    pub fn set_interface_mac(&mut self, ifindex: u32, mac: MacAddr) -> Result<(), ResponderError> {
+        let value = IfMacValue { addr: mac, pad: 0 };
+        self.ifmac
+            .insert(ifindex, value, 0)
+            .map_err(map_err(MAP_IFMAC))
+    }
+
+    /// Forgets the MAC of `ifindex`; the datapath stops answering there.
+    pub fn remove_interface_mac(&mut self, ifindex: u32) -> Result<bool, ResponderError> {
+        match self.ifmac.remove(&ifindex) {
+            Ok(()) => Ok(true),
+            Err(e) if is_enoent(&e) => Ok(false),
+            Err(e) => Err(map_err(MAP_IFMAC)(e)),
+        }
+    }
+
+    /// Attaches the responder to `ifname` in `mode` and records its MAC.
+    /// Idempotent: a link pinned by this or an earlier agent is kept and
+    /// switched atomically to this process's program; a link in the other
+    /// mode on the same interface is removed after the new one is in place.
+    /// Returns the interface index.
+    pub fn attach(
+        &mut self,
+        ifname: &str,
+        mac: MacAddr,
+        mode: AttachMode,
+    ) -> Result<u32, ResponderError> {
+        let ifindex = sys::if_nametoindex(ifname)
+            .ok_or_else(|| ResponderError::UnknownInterface(ifname.to_owned()))?;
+        self.set_interface_mac(ifindex, mac)?;
+        let path = self.link_path(ifindex, mode);
+        let reused = match mode {
+            AttachMode::Tc => self.attach_tc(ifname, &path)?,
+            AttachMode::Xdp => self.attach_xdp(ifname, &path)?,
+        };
+        self.remove_link(ifindex, mode.other())?;
+        tracing::info!(interface = ifname, ifindex, %mode, reused, "responder attached");
+        Ok(ifindex)
+    }
+
+    fn attach_tc(&mut self, ifname: &str, path: &Path) -> Result<bool, ResponderError> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(TC_PROGRAM)
+            .ok_or(ResponderError::Missing(TC_PROGRAM))?
+            .try_into()
+            .map_err(prog_err(TC_PROGRAM))?;
+        let our_id = prog.info().map_err(prog_err(TC_PROGRAM))?.id();
+        if let Some(existing) = open_pinned(path)? {
+            if link_program_id(&existing) == Some(our_id) {
+                return Ok(true);
+            }
+            let replaced = SchedClassifierLink::try_from(existing)
+                .map_err(|e| e.to_string())
+                .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()))
+                .and_then(|id| prog.take_link(id).map_err(|e| e.to_string()));
+            match replaced {
+                // The pin stays; dropping our descriptor leaves the link attached.
+                Ok(link) => {
+                    drop(link);
+                    return Ok(true);
+                }
+                Err(message) => {
+                    tracing::warn!(path = %path.display(), %message, "pinned TC link unusable, replacing it");
+                    remove_file_if_exists(path)?;
+                }
+            }
+        }
+        let id = prog
+            .attach_with_options(
+                ifname,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(prog_err(TC_PROGRAM))?;
+        let link = prog.take_link(id).map_err(prog_err(TC_PROGRAM))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| ResponderError::Link {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        pin_link(fd, path)?;
+        Ok(false)
+    }
+
+    fn attach_xdp(&mut self, ifname: &str, path: &Path) -> Result<bool, ResponderError> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or(ResponderError::Missing(XDP_PROGRAM))?
+            .try_into()
+            .map_err(prog_err(XDP_PROGRAM))?;
+        let our_id = prog.info().map_err(prog_err(XDP_PROGRAM))?.id();
+        if let Some(existing) = open_pinned(path)? {
+            if link_program_id(&existing) == Some(our_id) {
+                return Ok(true);
+            }
+            let replaced = XdpLink::try_from(existing)
+                .map_err(|e| e.to_string())
+                .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()))
+                .and_then(|id| prog.take_link(id).map_err(|e| e.to_string()));
+            match replaced {
+                Ok(link) => {
+                    drop(link);
+                    return Ok(true);
+                }
+                Err(message) => {
+                    tracing::warn!(path = %path.display(), %message, "pinned XDP link unusable, replacing it");
+                    remove_file_if_exists(path)?;
+                }
+            }
+        }
+        let id = prog
+            .attach(ifname, XdpMode::Default)
+            .map_err(prog_err(XDP_PROGRAM))?;
+        let link = prog.take_link(id).map_err(prog_err(XDP_PROGRAM))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| ResponderError::Link {
+                path: path.to_owned(),
+                message: format!("XDP attached without a bpf_link (netlink fallback): {e}"),
+            })?;
+        pin_link(fd, path)?;
+        Ok(false)
+    }
+
+    /// Detaches the responder from `ifname` (both modes) and forgets its MAC.
+    /// Returns whether anything was attached.
+    pub fn detach(&mut self, ifname: &str) -> Result<bool, ResponderError> {
+        let ifindex = sys::if_nametoindex(ifname)
+            .ok_or_else(|| ResponderError::UnknownInterface(ifname.to_owned()))?;
+        self.detach_ifindex(ifindex)
+    }
+
+    /// [`Responder::detach`] by index (works after the interface is gone).
+    pub fn detach_ifindex(&mut self, ifindex: u32) -> Result<bool, ResponderError> {
+        let tc = self.remove_link(ifindex, AttachMode::Tc)?;
+        let xdp = self.remove_link(ifindex, AttachMode::Xdp)?;
+        self.remove_interface_mac(ifindex)?;
+        if tc || xdp {
+            tracing::info!(ifindex, "responder detached");
+        }
+        Ok(tc || xdp)
+    }
+
+    /// The attachments pinned under this responder's directory.
+    pub fn attached(&self) -> Result<Vec<AttachedLink>, ResponderError> {
+        let dir = self.pin_dir.join(LINKS_DIR);
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            if let Some(link) = entry.file_name().to_str().and_then(parse_link_name) {
+                out.push(link);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes every pinned attachment not in `keep` (left by an earlier
+    /// run, an interface that is gone, or the other mode) and the MACs of
+    /// interfaces no longer attached. Call after attaching what is wanted,
+    /// so wanted interfaces never go unanswered. Returns what was removed.
+    pub fn cleanup_stale(
+        &mut self,
+        keep: &[AttachedLink],
+    ) -> Result<Vec<AttachedLink>, ResponderError> {
+        let keep: BTreeSet<AttachedLink> = keep.iter().copied().collect();
+        let mut removed = Vec::new();
+        for link in self.attached()? {
+            if !keep.contains(&link) {
+                self.remove_link(link.ifindex, link.mode)?;
+                tracing::info!(ifindex = link.ifindex, mode = %link.mode, "removed stale responder link");
+                removed.push(link);
+            }
+        }
+        let kept_ifindexes: BTreeSet<u32> = keep.iter().map(|l| l.ifindex).collect();
+        let stale_macs: Vec<u32> = self
+            .ifmac
+            .keys()
+            .collect::<Result<Vec<u32>, MapError>>()
+            .map_err(map_err(MAP_IFMAC))?
+            .into_iter()
+            .filter(|i| !kept_ifindexes.contains(i))
+            .collect();
+        for ifindex in stale_macs {
+            self.remove_interface_mac(ifindex)?;
+        }
+        Ok(removed)
+    }
+
+    /// The loaded program's descriptor, e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn program_fd(&self, mode: AttachMode) -> Result<BorrowedFd<'_>, ResponderError> {
+        match mode {
+            AttachMode::Tc => {
+                let prog: &SchedClassifier = self
+                    .ebpf
+                    .program(TC_PROGRAM)
+                    .ok_or(ResponderError::Missing(TC_PROGRAM))?
+                    .try_into()
+                    .map_err(prog_err(TC_PROGRAM))?;
+                Ok(prog.fd().map_err(prog_err(TC_PROGRAM))?.as_fd())
+            }
+            AttachMode::Xdp => {
+                let prog: &Xdp = self
+                    .ebpf
+                    .program(XDP_PROGRAM)
+                    .ok_or(ResponderError::Missing(XDP_PROGRAM))?
+                    .try_into()
+                    .map_err(prog_err(XDP_PROGRAM))?;
+                Ok(prog.fd().map_err(prog_err(XDP_PROGRAM))?.as_fd())
+            }
+        }
+    }
+
+    /// Detaches everything pinned under `pin_dir` and deletes the pinned
+    /// maps and the directory: a full uninstall (and test cleanup). Only the
+    /// names this crate creates are removed.
+    pub fn remove_pins(pin_dir: &Path) -> Result<(), ResponderError> {
+        let links = pin_dir.join(LINKS_DIR);
+        if links.is_dir() {
+            for entry in std::fs::read_dir(&links).map_err(io_err(&links))? {
+                let entry = entry.map_err(io_err(&links))?;
+                if entry
+                    .file_name()
+                    .to_str()
+                    .and_then(parse_link_name)
+                    .is_some()
+                {
+                    remove_file_if_exists(&entry.path())?;
+                }
+            }
+            remove_dir_if_exists(&links)?;
+        }
+        for (name, ..) in PINNED_MAPS {
+            remove_file_if_exists(&pin_dir.join(name))?;
+        }
+        remove_dir_if_exists(pin_dir)
+    }
+
+    fn link_path(&self, ifindex: u32, mode: AttachMode) -> PathBuf {
+        self.pin_dir
+            .join(LINKS_DIR)
+            .join(format!("{}{ifindex}", mode.pin_prefix()))
+    }
+
+    fn remove_link(&mut self, ifindex: u32, mode: AttachMode) -> Result<bool, ResponderError> {
+        remove_file_if_exists(&self.link_path(ifindex, mode))
+    }
+}
+
+fn check_slot(slot: u32) -> Result<(), ResponderError> {
+    if slot < LEASE_FENCE_SLOTS {
+        Ok(())
+    } else {
+        Err(ResponderError::FenceSlot(slot))
+    }
+}
+
+fn parse_link_name(name: &str) -> Option<AttachedLink> {
+    [AttachMode::Tc, AttachMode::Xdp]
+        .into_iter()
+        .find_map(|mode| {
+            let ifindex = name.strip_prefix(mode.pin_prefix())?.parse().ok()?;
+            Some(AttachedLink { ifindex, mode })
+        })
+}
+
+/// Opens a pinned link; a pin that cannot be opened is removed (it can only
+/// be garbage from an interrupted run).
+fn open_pinned(path: &Path) -> Result<Option<FdLink>, ResponderError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    match PinnedLink::from_pin(path) {
+        // Converting keeps the pin file: only our descriptor is handed over.
+        Ok(pinned) => Ok(Some(FdLink::from(pinned))),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot open pinned link, removing it");
+            remove_file_if_exists(path)?;
+            Ok(None)
+        }
+    }
+}
+
+fn link_program_id(link: &FdLink) -> Option<u32> {
+    link.info().ok().map(|info| info.program_id())
+}
+
+fn pin_link(fd: FdLink, path: &Path) -> Result<(), ResponderError> {
+    // Dropping the returned PinnedLink only closes our descriptor.
+    fd.pin(path).map(drop).map_err(|e| ResponderError::Link {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn remove_file_if_exists(path: &Path) -> Result<bool, ResponderError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+fn remove_dir_if_exists(path: &Path) -> Result<(), ResponderError> {
+    match std::fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// aya reuses a pinned map by name without comparing its layout. A map left
+/// by a build with another layout is unpinned here so a fresh one is made
+/// (the old program keeps its own reference until its link is switched).
+fn drop_incompatible_pins(pin_dir: &Path) -> Result<(), ResponderError> {
+    for (name, key_size, value_size, max_entries) in PINNED_MAPS {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let compatible = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .map(|info| {
+                info.key_size() == key_size
+                    && info.value_size() == value_size
+                    && info.max_entries() == max_entries
+            })
+            .unwrap_or(false);
+        if !compatible {
+            tracing::warn!(map = name, path = %path.display(), "pinned map has another layout, recreating it");
+            remove_file_if_exists(&path)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_names_round_trip() {
+        assert_eq!(
+            parse_link_name("tc-12"),
+            Some(AttachedLink {
+                ifindex: 12,
+                mode: AttachMode::Tc
+            })
+        );
+        assert_eq!(
+            parse_link_name("xdp-3"),
+            Some(AttachedLink {
+                ifindex: 3,
+                mode: AttachMode::Xdp
+            })
+        );
+        assert_eq!(parse_link_name("tc-"), None);
+        assert_eq!(parse_link_name("l2_responder_v4"), None);
+        assert_eq!(parse_link_name("xdp-1x"), None);
+    }
+
+    #[test]
+    fn fence_slots_are_bounded() {
+        assert!(check_slot(0).is_ok());
+        assert!(check_slot(LEASE_FENCE_SLOTS - 1).is_ok());
+        assert!(matches!(
+            check_slot(LEASE_FENCE_SLOTS),
+            Err(ResponderError::FenceSlot(_))
+        ));
+    }
+
+    #[test]
+    fn responder_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Responder>();
+    }
+
+    #[test]
+    fn object_is_embedded_and_aligned() {
+        assert!(RESPONDER_OBJ.starts_with(b"\x7fELF"));
+        assert_eq!(RESPONDER_OBJ.as_ptr() as usize % 8, 0);
+    }
+}

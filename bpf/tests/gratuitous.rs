@@ -1,0 +1,114 @@
+//! Gratuitous ARP and unsolicited NA on a real veth whose sending side has no
+//! IP address: the peer's existing neighbour entries move to the new MAC.
+//! Needs root and iproute2.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Netns;
+
+const NEW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
+
+fn neigh_mac(client: &Netns, ip: &str) -> Option<String> {
+    let (_, out) = client.exec(&["ip", "neigh", "show", ip, "dev", "veth1"]);
+    let mut words = out.split_whitespace();
+    words.find(|w| *w == "lladdr")?;
+    words.next().map(str::to_lowercase)
+}
+
+fn wait_for_mac(client: &Netns, ip: &str, mac: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if neigh_mac(client, ip).as_deref() == Some(mac) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20)); // poll interval
+    }
+    false
+}
+
+#[test]
+fn gratuitous_frames_update_the_peer_without_an_ip_on_the_sender() {
+    let agent = Netns::new("l2a-garp-agent");
+    let client = Netns::new("l2a-garp-client");
+    agent.ip(&[
+        "link",
+        "add",
+        "veth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "veth1",
+        "netns",
+        &client.name,
+    ]);
+    agent.ip(&["link", "set", "veth0", "address", "02:00:00:00:00:aa", "up"]);
+    client.ip(&["link", "set", "veth1", "up"]);
+    client.ip(&["addr", "add", "192.0.2.1/24", "dev", "veth1"]);
+    client.ip(&["addr", "add", "2001:db8::1/64", "dev", "veth1", "nodad"]);
+    // The old announcer's MACs, as the client last learned them.
+    client.ip(&[
+        "neigh",
+        "replace",
+        "192.0.2.10",
+        "lladdr",
+        "02:00:00:00:00:cc",
+        "dev",
+        "veth1",
+        "nud",
+        "stale",
+    ]);
+    client.ip(&[
+        "-6",
+        "neigh",
+        "replace",
+        "2001:db8::10",
+        "lladdr",
+        "02:00:00:00:00:cc",
+        "dev",
+        "veth1",
+        "nud",
+        "stale",
+    ]);
+    assert_eq!(
+        neigh_mac(&client, "192.0.2.10").as_deref(),
+        Some("02:00:00:00:00:cc")
+    );
+
+    agent.run(|| {
+        let ifindex = bpf::if_nametoindex("veth0").unwrap();
+        bpf::send_gratuitous_arp(ifindex, NEW_MAC, "192.0.2.10".parse().unwrap()).unwrap();
+        bpf::send_unsolicited_na(ifindex, NEW_MAC, "2001:db8::10".parse().unwrap()).unwrap();
+    });
+
+    assert!(
+        wait_for_mac(&client, "192.0.2.10", "02:00:00:00:00:aa"),
+        "ARP entry now {:?}",
+        neigh_mac(&client, "192.0.2.10")
+    );
+    assert!(
+        wait_for_mac(&client, "2001:db8::10", "02:00:00:00:00:aa"),
+        "NDP entry now {:?}",
+        neigh_mac(&client, "2001:db8::10")
+    );
+}
+
+#[test]
+fn sending_on_a_missing_interface_fails_cleanly() {
+    let agent = Netns::new("l2a-garp-empty");
+    let err = agent.run(|| {
+        bpf::send_gratuitous_arp(999_999, NEW_MAC, "192.0.2.10".parse().unwrap()).unwrap_err()
+    });
+    assert!(
+        matches!(
+            err,
+            bpf::GratuitousError::Send {
+                ifindex: 999_999,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

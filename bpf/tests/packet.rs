@@ -1,0 +1,469 @@
+//! Packet tests of the eBPF responder through BPF_PROG_TEST_RUN: exact reply
+//! bytes for valid ARP requests and Neighbor Solicitations, and one case per
+//! rejection rule asserting the frame passes unchanged. Needs root and BPF.
+
+mod common;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use bpf::{AttachMode, monotonic_now_ns};
+use common::{TestResponder, skb_ctx, test_run};
+
+const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: hand on to the next program / the kernel
+const TC_ACT_REDIRECT: u32 = 7;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+/// The ingress interface the TC tests claim (BPF_PROG_TEST_RUN honours
+/// `__sk_buff.ingress_ifindex`, which need not exist).
+const IFINDEX: u32 = 42;
+/// XDP test runs without a context arrive on loopback.
+const XDP_IFINDEX: u32 = 1;
+const SLOT: u32 = 3;
+
+const IF_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
+const TARGET4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const TARGET6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+
+fn fixture(ifindex: u32) -> TestResponder {
+    let mut t = TestResponder::new();
+    let r = t.r();
+    r.set_interface_mac(ifindex, IF_MAC).unwrap();
+    r.insert_v4(TARGET4, ifindex, SLOT).unwrap();
+    r.insert_v6(TARGET6, ifindex, SLOT).unwrap();
+    let now = r.set_liveness_now().unwrap();
+    r.set_fence(SLOT, now + 60_000_000_000).unwrap();
+    t
+}
+
+fn responses(t: &mut TestResponder) -> u64 {
+    t.r().list().unwrap().iter().map(|e| e.responses_sent).sum()
+}
+
+#[rustfmt::skip]
+fn arp_request() -> Vec<u8> {
+    vec![
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // dst broadcast
+        0x02, 0, 0, 0, 0, 0x01,             // src requester
+        0x08, 0x06,
+        0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01, // Ethernet/IPv4 request
+        0x02, 0, 0, 0, 0, 0x01,             // SHA
+        192, 0, 2, 1,                       // SPA
+        0, 0, 0, 0, 0, 0,                   // THA
+        192, 0, 2, 10,                      // TPA
+    ]
+}
+
+#[rustfmt::skip]
+fn arp_reply_expected() -> Vec<u8> {
+    vec![
+        0x02, 0, 0, 0, 0, 0x01,             // dst requester
+        0x02, 0, 0, 0, 0, 0xaa,             // src interface
+        0x08, 0x06,
+        0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x02, // reply
+        0x02, 0, 0, 0, 0, 0xaa,             // SHA interface
+        192, 0, 2, 10,                      // SPA target
+        0x02, 0, 0, 0, 0, 0x01,             // THA requester
+        192, 0, 2, 1,                       // TPA requester
+    ]
+}
+
+/// NS from 2001:db8::1 for 2001:db8::10 with a source link-layer option.
+#[rustfmt::skip]
+fn ns() -> Vec<u8> {
+    vec![
+        0x33, 0x33, 0xff, 0x00, 0x00, 0x10, // solicited-node multicast MAC
+        0x02, 0, 0, 0, 0, 0x01,
+        0x86, 0xdd,
+        0x60, 0, 0, 0, 0x00, 0x20, 58, 255,
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,          // src
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xff, 0x00, 0x00, 0x10,    // ff02::1:ff00:10
+        135, 0, 0x1c, 0x0b, 0, 0, 0, 0,
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,          // target
+        1, 1, 0x02, 0, 0, 0, 0, 0x01,                                           // SLLA
+    ]
+}
+
+#[rustfmt::skip]
+fn na_expected() -> Vec<u8> {
+    vec![
+        0x02, 0, 0, 0, 0, 0x01,             // to the solicitor's MAC
+        0x02, 0, 0, 0, 0, 0xaa,
+        0x86, 0xdd,
+        0x60, 0, 0, 0, 0x00, 0x20, 58, 255,
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,          // src = target
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,          // dst = solicitor
+        136, 0, 0x89, 0xad, 0x60, 0, 0, 0,                                      // Solicited+Override
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        2, 1, 0x02, 0, 0, 0, 0, 0xaa,                                           // TLLA
+    ]
+}
+
+/// DAD probe: from ::, no options (ICMPv6 length 24).
+fn dad_ns() -> Vec<u8> {
+    let mut f = ns();
+    f.truncate(14 + 40 + 24);
+    f[18..20].copy_from_slice(&24u16.to_be_bytes());
+    f[22..38].fill(0);
+    fix_ns_checksum(&mut f);
+    f
+}
+
+#[rustfmt::skip]
+fn dad_na_expected() -> Vec<u8> {
+    vec![
+        0x33, 0x33, 0, 0, 0, 0x01,          // all-nodes MAC
+        0x02, 0, 0, 0, 0, 0xaa,
+        0x86, 0xdd,
+        0x60, 0, 0, 0, 0x00, 0x20, 58, 255,
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,                // ff02::1
+        136, 0, 0xf8, 0x63, 0x20, 0, 0, 0,                                      // Override only
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        2, 1, 0x02, 0, 0, 0, 0, 0xaa,
+    ]
+}
+
+fn fix_ns_checksum(f: &mut [u8]) {
+    f[56..58].fill(0);
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap());
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap());
+    let csum = bpf::garp::icmpv6_checksum(&src, &dst, &f[54..]);
+    f[56..58].copy_from_slice(&csum.to_be_bytes());
+}
+
+fn run_tc(t: &TestResponder, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+    let fd = t
+        .responder
+        .as_ref()
+        .unwrap()
+        .program_fd(AttachMode::Tc)
+        .unwrap();
+    test_run(fd, frame, Some(&skb_ctx(ifindex)))
+}
+
+fn run_xdp(t: &TestResponder, frame: &[u8]) -> (u32, Vec<u8>) {
+    let fd = t
+        .responder
+        .as_ref()
+        .unwrap()
+        .program_fd(AttachMode::Xdp)
+        .unwrap();
+    test_run(fd, frame, None)
+}
+
+/// The frame must come back unchanged, handed on, and nothing counted.
+#[track_caller]
+fn assert_passes(t: &mut TestResponder, frame: &[u8], ifindex: u32) {
+    let before = responses(t);
+    let (rc, out) = run_tc(t, frame, ifindex);
+    assert_eq!(rc, TC_ACT_UNSPEC, "expected pass");
+    assert_eq!(out, frame, "frame must pass unchanged");
+    assert_eq!(responses(t), before, "nothing may be counted");
+}
+
+// ---- answers ----------------------------------------------------------
+
+#[test]
+fn arp_request_is_answered_in_place() {
+    let mut t = fixture(IFINDEX);
+    let (rc, out) = run_tc(&t, &arp_request(), IFINDEX);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(out, arp_reply_expected());
+    let entries = t.r().list().unwrap();
+    let e = entries.iter().find(|e| e.ip == TARGET4).unwrap();
+    assert_eq!(
+        (e.ifindex, e.fence_slot, e.responses_sent),
+        (IFINDEX, SLOT, 1)
+    );
+    run_tc(&t, &arp_request(), IFINDEX);
+    let e = t
+        .r()
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.ip == TARGET4)
+        .unwrap();
+    assert_eq!(e.responses_sent, 2);
+}
+
+#[test]
+fn arp_request_to_interface_mac_is_answered() {
+    let t = fixture(IFINDEX);
+    let mut f = arp_request();
+    f[0..6].copy_from_slice(&IF_MAC);
+    let (rc, out) = run_tc(&t, &f, IFINDEX);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(out, arp_reply_expected());
+}
+
+#[test]
+fn arp_padded_to_minimum_frame_keeps_padding() {
+    let t = fixture(IFINDEX);
+    let mut f = arp_request();
+    f.resize(60, 0);
+    let (rc, out) = run_tc(&t, &f, IFINDEX);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    let mut expected = arp_reply_expected();
+    expected.resize(60, 0);
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn neighbor_solicitation_is_answered_with_solicited_na() {
+    let mut t = fixture(IFINDEX);
+    let (rc, out) = run_tc(&t, &ns(), IFINDEX);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(out, na_expected());
+    let e = t
+        .r()
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.ip == TARGET6)
+        .unwrap();
+    assert_eq!(e.responses_sent, 1);
+}
+
+#[test]
+fn unicast_nud_solicitation_is_answered() {
+    let t = fixture(IFINDEX);
+    let mut f = ns();
+    f[0..6].copy_from_slice(&IF_MAC);
+    f[38..54].copy_from_slice(&TARGET6.octets());
+    fix_ns_checksum(&mut f);
+    let (rc, out) = run_tc(&t, &f, IFINDEX);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(out, na_expected());
+}
+
+#[test]
+fn dad_solicitation_is_answered_to_all_nodes() {
+    let t = fixture(IFINDEX);
+    let (rc, out) = run_tc(&t, &dad_ns(), IFINDEX);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(out, dad_na_expected());
+}
+
+#[test]
+fn na_checksums_verify() {
+    for f in [na_expected(), dad_na_expected()] {
+        let src = Ipv6Addr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap());
+        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap());
+        assert_eq!(bpf::garp::icmpv6_checksum(&src, &dst, &f[54..]), 0);
+    }
+}
+
+// ---- everything else passes ------------------------------------------------
+
+#[test]
+fn other_ethertype_passes() {
+    let mut t = fixture(IFINDEX);
+    let mut f = arp_request();
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    assert_passes(&mut t, &f, IFINDEX);
+}
+
+#[test]
+fn vlan_tagged_arp_passes() {
+    let mut t = fixture(IFINDEX);
+    let req = arp_request();
+    let mut f = req[..12].to_vec();
+    f.extend_from_slice(&[0x81, 0x00, 0x00, 0x64]); // 802.1Q, VLAN 100
+    f.extend_from_slice(&req[12..]);
+    assert_passes(&mut t, &f, IFINDEX);
+}
+
+#[test]
+fn arp_reply_passes() {
+    let mut t = fixture(IFINDEX);
+    let mut f = arp_request();
+    f[21] = 2;
+    assert_passes(&mut t, &f, IFINDEX);
+}
+
+#[test]
+fn truncated_arp_passes() {
+    let mut t = fixture(IFINDEX);
+    let f = arp_request();
+    assert_passes(&mut t, &f[..41], IFINDEX);
+    assert_passes(&mut t, &f[..20], IFINDEX);
+}
+
+#[test]
+fn malformed_arp_header_passes() {
+    let mut t = fixture(IFINDEX);
+    for (offset, value) in [(15, 6u8), (16, 0x86), (18, 8), (19, 16)] {
+        let mut f = arp_request();
+        f[offset] = value; // htype, ptype, hlen, plen
+        assert_passes(&mut t, &f, IFINDEX);
+    }
+}
+
+#[test]
+fn foreign_destination_mac_passes() {
+    let mut t = fixture(IFINDEX);
+    let mut f = arp_request();
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0xbb]);
+    assert_passes(&mut t, &f, IFINDEX);
+}
+
+#[test]
+fn address_not_in_map_passes() {
+    let mut t = fixture(IFINDEX);
+    let mut f = arp_request();
+    f[38..42].copy_from_slice(&[192, 0, 2, 99]);
+    assert_passes(&mut t, &f, IFINDEX);
+}
+
+#[test]
+fn other_interface_passes() {
+    let mut t = fixture(IFINDEX);
+    t.r().set_interface_mac(IFINDEX + 1, IF_MAC).unwrap();
+    assert_passes(&mut t, &arp_request(), IFINDEX + 1);
+    assert_passes(&mut t, &ns(), IFINDEX + 1);
+}
+
+#[test]
+fn interface_without_mac_passes() {
+    let mut t = fixture(IFINDEX);
+    assert!(t.r().remove_interface_mac(IFINDEX).unwrap());
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+}
+
+#[test]
+fn stale_liveness_passes() {
+    let mut t = fixture(IFINDEX);
+    let stale = monotonic_now_ns().saturating_sub(16_000_000_000);
+    t.r().set_liveness(stale).unwrap();
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+    assert_passes(&mut t, &ns(), IFINDEX);
+    t.r().set_liveness(0).unwrap();
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+    // Refreshed liveness answers again.
+    t.r().set_liveness_now().unwrap();
+    assert_eq!(run_tc(&t, &arp_request(), IFINDEX).0, TC_ACT_REDIRECT);
+}
+
+#[test]
+fn shorter_max_liveness_silences() {
+    let mut t = fixture(IFINDEX);
+    let now = monotonic_now_ns();
+    t.r()
+        .set_liveness(now.saturating_sub(2_000_000_000))
+        .unwrap();
+    assert_eq!(run_tc(&t, &arp_request(), IFINDEX).0, TC_ACT_REDIRECT);
+    t.r()
+        .set_max_liveness(std::time::Duration::from_secs(1))
+        .unwrap();
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+}
+
+#[test]
+fn expired_fence_passes() {
+    let mut t = fixture(IFINDEX);
+    t.r().set_fence(SLOT, monotonic_now_ns() - 1).unwrap();
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+    assert_passes(&mut t, &ns(), IFINDEX);
+    // An entry on a slot that was never set is silent too.
+    t.r().set_fence(SLOT, u64::MAX).unwrap();
+    t.r().insert_v4(TARGET4, IFINDEX, SLOT + 1).unwrap();
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+}
+
+#[test]
+fn ns_with_bad_checksum_passes() {
+    let mut t = fixture(IFINDEX);
+    let mut f = ns();
+    f[57] ^= 0x01;
+    assert_passes(&mut t, &f, IFINDEX);
+}
+
+#[test]
+fn ns_with_hop_limit_254_passes() {
+    let mut t = fixture(IFINDEX);
+    let mut f = ns();
+    f[21] = 254;
+    assert_passes(&mut t, &f, IFINDEX);
+}
+
+#[test]
+fn truncated_ns_passes() {
+    let mut t = fixture(IFINDEX);
+    let f = ns();
+    assert_passes(&mut t, &f[..f.len() - 1], IFINDEX);
+    assert_passes(&mut t, &f[..14 + 40 + 20], IFINDEX);
+}
+
+#[test]
+fn ns_with_nonzero_code_or_other_target_passes() {
+    let mut t = fixture(IFINDEX);
+    let mut f = ns();
+    f[55] = 1;
+    fix_ns_checksum(&mut f);
+    assert_passes(&mut t, &f, IFINDEX);
+    let mut f = ns();
+    f[77] = 0x11; // target 2001:db8::11 (not in the map)
+    f[53] = 0x11; // and its solicited-node group
+    f[5] = 0x11;
+    fix_ns_checksum(&mut f);
+    assert_passes(&mut t, &f, IFINDEX);
+}
+
+#[test]
+fn dad_ns_to_unicast_passes() {
+    let mut t = fixture(IFINDEX);
+    let mut f = dad_ns();
+    f[0..6].copy_from_slice(&IF_MAC);
+    f[38..54].copy_from_slice(&TARGET6.octets());
+    fix_ns_checksum(&mut f);
+    assert_passes(&mut t, &f, IFINDEX);
+}
+
+#[test]
+fn removed_entry_passes() {
+    let mut t = fixture(IFINDEX);
+    assert!(t.r().remove_v4(TARGET4, IFINDEX).unwrap());
+    assert!(!t.r().remove_v4(TARGET4, IFINDEX).unwrap());
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+    assert!(t.r().remove_v6(TARGET6, IFINDEX).unwrap());
+    assert_passes(&mut t, &ns(), IFINDEX);
+}
+
+// ---- XDP variant ---------------------------------------------------------------
+
+#[test]
+fn xdp_answers_arp_and_passes_replies() {
+    let mut t = fixture(XDP_IFINDEX);
+    let (rc, out) = run_xdp(&t, &arp_request());
+    assert_eq!(rc, XDP_TX);
+    assert_eq!(out, arp_reply_expected());
+    assert_eq!(responses(&mut t), 1);
+
+    let mut reply = arp_request();
+    reply[21] = 2;
+    let (rc, out) = run_xdp(&t, &reply);
+    assert_eq!(rc, XDP_PASS);
+    assert_eq!(out, reply);
+    assert_eq!(responses(&mut t), 1);
+}
+
+#[test]
+fn xdp_answers_dad_ns_growing_the_frame() {
+    let t = fixture(XDP_IFINDEX);
+    let (rc, out) = run_xdp(&t, &dad_ns());
+    assert_eq!(rc, XDP_TX);
+    assert_eq!(out, dad_na_expected());
+    let (rc, out) = run_xdp(&t, &ns());
+    assert_eq!(rc, XDP_TX);
+    assert_eq!(out, na_expected());
+}
+
+#[test]
+fn xdp_stale_liveness_passes() {
+    let mut t = fixture(XDP_IFINDEX);
+    t.r().set_liveness(0).unwrap();
+    let (rc, out) = run_xdp(&t, &arp_request());
+    assert_eq!(rc, XDP_PASS);
+    assert_eq!(out, arp_request());
+}
