@@ -60,9 +60,12 @@ impl TokenBucket {
     }
 }
 
-/// Receives every throttling wait (zero waits included) for metrics.
+/// Receives every throttling wait (zero waits included) and every
+/// request's outcome, for metrics.
 pub trait ThrottleObserver: Send + Sync {
     fn waited(&self, wait: Duration, method: &str, path: &str);
+    /// A request finished: its status code, or `None` when no answer came.
+    fn completed(&self, _method: &str, _path: &str, _query: Option<&str>, _code: Option<u16>) {}
 }
 
 /// An observer that records nothing.
@@ -110,9 +113,9 @@ pub struct Throttle<S> {
 /// client-go logs waits above this at info level, and shorter ones not.
 const LONG_THROTTLE: Duration = Duration::from_secs(1);
 
-impl<S, B> Service<http::Request<B>> for Throttle<S>
+impl<S, B, RB> Service<http::Request<B>> for Throttle<S>
 where
-    S: Service<http::Request<B>> + Clone + Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
@@ -128,7 +131,9 @@ where
         let wait = self.bucket.reserve(Instant::now());
         let method = req.method().to_string();
         let path = req.uri().path().to_string();
+        let query = req.uri().query().map(str::to_string);
         self.observer.waited(wait, &method, &path);
+        let observer = self.observer.clone();
         // The readied inner service serves this request; a fresh clone takes
         // its place for the next one (tower's documented pattern).
         let clone = self.inner.clone();
@@ -147,7 +152,10 @@ where
                 }
                 tokio::time::sleep(wait).await;
             }
-            inner.call(req).await
+            let result = inner.call(req).await;
+            let code = result.as_ref().ok().map(|r| r.status().as_u16());
+            observer.completed(&method, &path, query.as_deref(), code);
+            result
         })
     }
 }

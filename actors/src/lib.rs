@@ -2,6 +2,7 @@
 //! the messages they exchange and the state-table rows they own.
 
 pub mod announce;
+pub mod device_table;
 pub mod devices;
 pub mod election;
 pub mod kubeclient;

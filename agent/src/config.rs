@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use actors::devices::DeviceFilter;
+
 use crate::duration;
 
 /// What kind of value an option takes; decides parsing and the clap shape.
@@ -124,6 +126,27 @@ pub const OPTIONS: &[OptionSpec] = &[
         help: "How often the agent refreshes the datapath liveness stamp (< lease duration)",
     },
     OptionSpec {
+        key: "l2-responder-mode",
+        field: "L2ResponderMode",
+        kind: Kind::Text,
+        default: "tc",
+        help: "Where the eBPF responder attaches: tc (TC ingress) or xdp",
+    },
+    OptionSpec {
+        key: "l2-gratuitous-count",
+        field: "L2GratuitousCount",
+        kind: Kind::Int,
+        default: "3",
+        help: "Gratuitous ARP / unsolicited NA sent per new entry (0 disables)",
+    },
+    OptionSpec {
+        key: "l2-gratuitous-interval",
+        field: "L2GratuitousInterval",
+        kind: Kind::Duration,
+        default: "1s",
+        help: "Interval between the gratuitous announcements of one entry",
+    },
+    OptionSpec {
         key: "node-name",
         field: "NodeName",
         kind: Kind::Text,
@@ -215,6 +238,14 @@ impl ConfigError {
     }
 }
 
+/// Where the responder attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponderMode {
+    Tc,
+    Xdp,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -235,12 +266,17 @@ pub struct Config {
     pub retry_period: Duration,
     pub k8s_client_qps: f64,
     pub k8s_client_burst: u32,
-    pub devices: Vec<String>,
+    #[serde(serialize_with = "display")]
+    pub devices: DeviceFilter,
     pub enable_external_ips: bool,
     pub enable_l2_pod_announcements: bool,
     pub l2_pod_announcements_interface: String,
     #[serde(with = "go_duration")]
     pub agent_liveness_update_interval: Duration,
+    pub l2_responder_mode: ResponderMode,
+    pub l2_gratuitous_count: u32,
+    #[serde(with = "go_duration")]
+    pub l2_gratuitous_interval: Duration,
     pub node_name: String,
     pub k8s_namespace: String,
     pub k8s_kubeconfig_path: Option<PathBuf>,
@@ -260,6 +296,10 @@ pub struct EffectiveValue {
     pub field: String,
     pub value: String,
     pub source: String,
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 mod go_duration {
@@ -339,26 +379,6 @@ fn parse_listen(key: &str, value: &str) -> Result<Option<SocketAddr>, ConfigErro
     full.parse()
         .map(Some)
         .map_err(|_| ConfigError::new(key, format!("expected HOST:PORT or :PORT, got {value:?}")))
-}
-
-/// Checks one `--devices` entry: a name, or a name prefix ending in `+`.
-fn check_device_pattern(pattern: &str) -> Result<(), String> {
-    let name = pattern.strip_suffix('+').unwrap_or(pattern);
-    if name.is_empty() && pattern != "+" {
-        return Err("empty device name".to_string());
-    }
-    if name.len() > 15 {
-        return Err(format!("{pattern:?} is longer than an interface name (15)"));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| c.is_whitespace() || *c == '/' || *c == '+' || *c == ':')
-    {
-        return Err(format!(
-            "{pattern:?}: {c:?} is not allowed in an interface name (use name or prefix+)"
-        ));
-    }
-    Ok(())
 }
 
 impl Config {
@@ -489,15 +509,12 @@ impl Config {
             ));
         }
 
-        let devices: Vec<String> = get("devices")
-            .split([',', ' '])
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
-        for pattern in &devices {
-            check_device_pattern(pattern).map_err(|m| ConfigError::new("devices", m))?;
-        }
+        let devices: DeviceFilter =
+            get("devices")
+                .parse()
+                .map_err(|e: actors::devices::DeviceFilterError| {
+                    ConfigError::new("devices", e.to_string())
+                })?;
 
         let enable_l2_pod_announcements = parse_bool(
             "enable-l2-pod-announcements",
@@ -533,6 +550,32 @@ impl Config {
         let k8s_namespace = get("k8s-namespace").to_string();
         if k8s_namespace.is_empty() {
             return Err(ConfigError::new("k8s-namespace", "must not be empty"));
+        }
+
+        let l2_responder_mode = match get("l2-responder-mode") {
+            "tc" => ResponderMode::Tc,
+            "xdp" => ResponderMode::Xdp,
+            other => {
+                return Err(ConfigError::new(
+                    "l2-responder-mode",
+                    format!("expected tc or xdp, got {other:?}"),
+                ));
+            }
+        };
+        let count_text = get("l2-gratuitous-count");
+        let l2_gratuitous_count: u32 = count_text.parse().map_err(|_| {
+            ConfigError::new(
+                "l2-gratuitous-count",
+                format!("expected a whole number from 0, got {count_text:?}"),
+            )
+        })?;
+        let l2_gratuitous_interval =
+            parse_duration("l2-gratuitous-interval", get("l2-gratuitous-interval"))?;
+        if l2_gratuitous_interval.is_zero() && l2_gratuitous_count > 1 {
+            return Err(ConfigError::new(
+                "l2-gratuitous-interval",
+                "must be greater than 0 when more than one announcement is sent",
+            ));
         }
 
         let log_format = match get("log-format") {
@@ -571,6 +614,9 @@ impl Config {
             enable_l2_pod_announcements,
             l2_pod_announcements_interface,
             agent_liveness_update_interval: liveness,
+            l2_responder_mode,
+            l2_gratuitous_count,
+            l2_gratuitous_interval,
             node_name,
             k8s_namespace,
             k8s_kubeconfig_path: match get("k8s-kubeconfig-path") {
@@ -712,8 +758,12 @@ mod tests {
                 "k8s-client-burst",
                 "positive",
             ),
-            (&[("devices", "eth/0")], "devices", "not allowed"),
-            (&[("devices", "e+th")], "devices", "not allowed"),
+            (&[("devices", "eth/0")], "devices", "does not allow"),
+            (
+                &[("devices", "e+th")],
+                "devices",
+                "only allowed once, at the end",
+            ),
             (&[("devices", "averyveryverylongname")], "devices", "longer"),
             (
                 &[("enable-l2-announcements", "yes")],
@@ -736,6 +786,21 @@ mod tests {
                 "HOST:PORT",
             ),
             (&[("log-format", "xml")], "log-format", "text or json"),
+            (
+                &[("l2-responder-mode", "ebpf")],
+                "l2-responder-mode",
+                "tc or xdp",
+            ),
+            (
+                &[("l2-gratuitous-count", "-1")],
+                "l2-gratuitous-count",
+                "whole number",
+            ),
+            (
+                &[("l2-gratuitous-interval", "0s")],
+                "l2-gratuitous-interval",
+                "greater than 0",
+            ),
             (&[("state-dir", "")], "state-dir", "must not be empty"),
         ];
         for (flags, option, fragment) in cases {
@@ -768,7 +833,8 @@ mod tests {
         .expect("valid");
         assert_eq!(c.lease_duration, Duration::from_secs(3));
         assert_eq!(c.retry_period, Duration::from_millis(200));
-        assert_eq!(c.devices, vec!["eth+", "bond0"]);
+        assert!(c.devices.matches("eth7") && c.devices.matches("bond0"));
+        assert!(!c.devices.matches("bond1"));
         assert!(c.enable_l2_announcements);
         assert_eq!(c.k8s_client_qps, 0.5);
     }

@@ -4,15 +4,27 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
+use actix::{Actor, Addr, AsyncContext};
+use actors::announce::{self, AnnounceActor, Datapath, GratuitousConfig, NoDatapathObserver};
+use actors::device_table::DeviceTableWriter;
+use actors::devices::{DeviceActor, TrackerOptions};
+use actors::election::LeaseTiming;
+use actors::kubeclient;
+use actors::lease::{LeaseActor, NoLeaseObserver};
+use actors::messages::ReleaseAll;
+use actors::policy_actor::{NoPolicyObserver, PolicyActor};
+use actors::service_actor::{NoAnnounceObserver, ServiceActor};
+use bpf::{AttachMode, Responder, ResponderConfig};
+
+use anyhow::Context as _;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 use crate::api::{self, ApiState};
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, ResponderMode};
 
 /// Sets up logging as configured; safe to call once per process.
 pub fn init_logging(config: &Config) {
@@ -52,6 +64,124 @@ fn bind_api_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// What `run` started, to stop it in order.
+struct Started {
+    lease: Option<Addr<LeaseActor>>,
+    reconciler_stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Starts device tracking, and with `--enable-l2-announcements` the
+/// datapath and the control plane.
+async fn start_actors(config: &Config, db: &statedb::Db) -> anyhow::Result<Started> {
+    let filter = config.devices.clone();
+    if !config.enable_l2_announcements {
+        let writer = DeviceTableWriter::new(db.clone(), None)?.start();
+        DeviceActor::new(filter, TrackerOptions::default(), writer.recipient()).start();
+        info!("L2 announcements disabled (--enable-l2-announcements=false): tracking devices only");
+        return Ok(Started {
+            lease: None,
+            reconciler_stop: None,
+        });
+    }
+
+    // The datapath first: a restarted agent keeps answering from the pinned
+    // maps until the reconciler's first full pass.
+    let responder = Responder::open(&ResponderConfig {
+        pin_dir: config.bpf_root.clone(),
+        max_liveness: config.max_liveness_age(),
+    })
+    .with_context(|| {
+        format!(
+            "loading the eBPF responder (pins in {})",
+            config.bpf_root.display()
+        )
+    })?;
+    let mode = match config.l2_responder_mode {
+        ResponderMode::Tc => AttachMode::Tc,
+        ResponderMode::Xdp => AttachMode::Xdp,
+    };
+    let datapath = Arc::new(Mutex::new(Datapath::new(responder, mode)));
+    let announce = AnnounceActor::new(
+        datapath.clone(),
+        config.agent_liveness_update_interval,
+        Arc::new(NoDatapathObserver),
+    )
+    .start();
+
+    // One Kubernetes client, created here on the System arbiter.
+    let kube_config = kubeclient::load_config(config.k8s_kubeconfig_path.as_deref())
+        .await
+        .context("loading the Kubernetes client configuration")?;
+    let client = kubeclient::build_client(
+        kube_config,
+        config.k8s_client_qps,
+        config.k8s_client_burst,
+        Arc::new(kubeclient::NoObserver),
+    )?;
+
+    let timing = LeaseTiming {
+        lease_duration: config.lease_duration,
+        renew_deadline: config.renew_deadline,
+        retry_period: config.retry_period,
+    };
+    let service_ctx = actix::Context::<ServiceActor>::new();
+    let service_addr = service_ctx.address();
+    let lease = LeaseActor::new(
+        client.clone(),
+        &config.k8s_namespace,
+        &config.node_name,
+        timing,
+        db.clone(),
+        service_addr.clone().recipient(),
+        announce.clone().recipient(),
+        Arc::new(NoLeaseObserver),
+    )?
+    .start();
+    let service = ServiceActor::new(
+        client.clone(),
+        &config.node_name,
+        config.enable_external_ips,
+        db.clone(),
+        lease.clone().recipient(),
+        lease.clone().recipient(),
+        announce.clone().recipient(),
+        Arc::new(NoAnnounceObserver),
+    )?;
+    service_ctx.run(service);
+    PolicyActor::new(
+        client,
+        service_addr.clone().recipient(),
+        Arc::new(NoPolicyObserver),
+    )
+    .start();
+
+    let writer = DeviceTableWriter::new(db.clone(), Some(service_addr.recipient()))?.start();
+    DeviceActor::new(filter, TrackerOptions::default(), writer.recipient()).start();
+
+    let reconciler = announce::reconciler(
+        db,
+        datapath,
+        GratuitousConfig {
+            count: config.l2_gratuitous_count,
+            interval: config.l2_gratuitous_interval,
+        },
+        Arc::new(NoDatapathObserver),
+    )?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    actix_rt::spawn(async move {
+        let stop = async move {
+            let _ = stop_rx.await;
+        };
+        if let Err(e) = reconciler.run(stop).await {
+            tracing::error!(error = %e, "announce reconciler stopped");
+        }
+    });
+    Ok(Started {
+        lease: Some(lease),
+        reconciler_stop: Some(stop_tx),
+    })
+}
+
 /// Runs the agent until a termination signal; returns when shut down.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
@@ -69,10 +199,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let state = ApiState::new(config.clone(), db.clone(), stop_rx);
         let server = tokio::spawn(api::serve(listener, state));
+        let started = start_actors(&config, &db).await?;
         info!(
             node = %config.node_name,
             socket = %config.api_socket.display(),
             db = %config.db_path().display(),
+            l2_announcements = config.enable_l2_announcements,
             "agent started"
         );
 
@@ -81,6 +213,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             _ = sigint.recv() => "SIGINT",
         };
         info!(signal = signal_name, "shutting down");
+        // Leases first, so that another node takes over at once.
+        if let Some(lease) = &started.lease {
+            match tokio::time::timeout(RELEASE_TIMEOUT, lease.send(ReleaseAll)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "releasing leases"),
+                Err(_) => tracing::warn!("releasing leases timed out"),
+            }
+        }
+        if let Some(stop) = started.reconciler_stop {
+            let _ = stop.send(());
+        }
         let _ = stop_tx.send(true);
         match server.await {
             Ok(Ok(())) => {}
@@ -90,6 +233,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         db.flush().context("flushing state database")?;
         let _ = std::fs::remove_file(&config.api_socket);
         info!("agent stopped");
+        actix_rt::System::current().stop();
         Ok(())
     })
 }
+
+/// How long shutdown waits for lease releases.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);

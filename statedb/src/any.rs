@@ -112,7 +112,12 @@ pub fn render_table<H: AsRef<str>>(header: &[H], rows: &[Vec<String>]) -> String
             }
         })
         .collect();
-    let columns = rows.iter().map(Vec::len).chain([head.len()]).max().unwrap_or(0);
+    let columns = rows
+        .iter()
+        .map(Vec::len)
+        .chain([head.len()])
+        .max()
+        .unwrap_or(0);
     let mut widths = vec![0usize; columns];
     for line in std::iter::once(&head).chain(rows) {
         for (i, cell) in line.iter().enumerate() {

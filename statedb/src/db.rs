@@ -181,6 +181,7 @@ impl Db {
         &self,
         layout: TableLayout,
         make_any: impl FnOnce(Arc<TableCore>) -> Arc<dyn AnyTable>,
+        index_keys: impl Fn(&[u8]) -> Result<Vec<Vec<Vec<u8>>>, Error>,
     ) -> Result<Arc<TableCore>, Error> {
         let mut tables = self.open_tables();
         if let Some(open) = tables.get(&layout.name) {
@@ -198,6 +199,7 @@ impl Db {
         for (index, _) in &layout.secondary {
             trees.push(self.inner.sled.open_tree(format!("{name}/idx/{index}"))?);
         }
+        self.check_layout(&layout, &trees, index_keys)?;
         let revision = match self.inner.meta.get(name.as_bytes())? {
             Some(bytes) => decode_u64(&bytes).ok_or_else(|| Error::Corrupt {
                 table: name.clone(),
@@ -227,6 +229,59 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Rebuilds the secondary indexes of a table stored with other indexes
+    /// than it is opened with (an upgrade added, removed or changed one).
+    /// The layout is recorded last, so a crash mid-way rebuilds again.
+    fn check_layout(
+        &self,
+        layout: &TableLayout,
+        trees: &[sled::Tree],
+        index_keys: impl Fn(&[u8]) -> Result<Vec<Vec<Vec<u8>>>, Error>,
+    ) -> Result<(), Error> {
+        let meta_key = format!("\0layout\0{}", layout.name);
+        let wanted = layout.encode();
+        let stored = self.inner.meta.get(meta_key.as_bytes())?;
+        if stored.as_deref() == Some(wanted.as_bytes()) {
+            return Ok(());
+        }
+        if !trees[ROWS].is_empty() {
+            tracing::info!(table = %layout.name, "secondary indexes changed, rebuilding");
+            for tree in &trees[FIRST_INDEX..] {
+                tree.clear()?;
+            }
+            for item in trees[ROWS].iter() {
+                let (pk, stored) = item?;
+                let json = stored.get(8..).ok_or_else(|| Error::Corrupt {
+                    table: layout.name.clone(),
+                    what: "row",
+                })?;
+                for (i, keys) in index_keys(json)?.into_iter().enumerate() {
+                    let tree = &trees[FIRST_INDEX + i];
+                    for key in keys {
+                        let entry = crate::table::index_entry(&key, &pk);
+                        if layout.secondary[i].1 {
+                            let exact = &entry[..entry.len() - pk.len()];
+                            if tree.scan_prefix(exact).next().is_some() {
+                                return Err(Error::UniqueViolation {
+                                    table: layout.name.clone(),
+                                    index: layout.secondary[i].0.clone(),
+                                });
+                            }
+                        }
+                        tree.insert(entry, pk.to_vec())?;
+                    }
+                }
+            }
+        }
+        self.inner
+            .meta
+            .insert(meta_key.as_bytes(), wanted.as_bytes())?;
+        self.inner.sled.flush()?;
+        Ok(())
+    }
+}
+
 /// The shape of a table: what must match when it is opened twice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TableLayout {
@@ -234,6 +289,17 @@ pub(crate) struct TableLayout {
     pub primary: String,
     /// Secondary index names and whether each is unique.
     pub secondary: Vec<(String, bool)>,
+}
+
+impl TableLayout {
+    fn encode(&self) -> String {
+        let mut out = self.primary.clone();
+        for (name, unique) in &self.secondary {
+            out.push_str(if *unique { ";unique:" } else { ";multi:" });
+            out.push_str(name);
+        }
+        out
+    }
 }
 
 /// The untyped state of one open table, shared by every handle to it.
@@ -393,11 +459,7 @@ pub struct WriteTxn<'db> {
 
 impl WriteTxn<'_> {
     pub(crate) fn pending_mut(&mut self, core: &Arc<TableCore>) -> &mut PendingTable {
-        let pos = match self
-            .tables
-            .iter()
-            .position(|p| Arc::ptr_eq(&p.core, core))
-        {
+        let pos = match self.tables.iter().position(|p| Arc::ptr_eq(&p.core, core)) {
             Some(pos) => pos,
             None => {
                 self.tables.push(PendingTable {

@@ -356,7 +356,11 @@ impl<R: Reconcilable, T: Target<R>> Reconciler<R, T> {
 
     /// Writes Done/Error for rows not changed since they were pushed, and
     /// queues retries for the failures.
-    fn write_status(&mut self, outcomes: Vec<UpdateOutcome>, round: &mut Round) -> Result<(), Error> {
+    fn write_status(
+        &mut self,
+        outcomes: Vec<UpdateOutcome>,
+        round: &mut Round,
+    ) -> Result<(), Error> {
         if outcomes.is_empty() {
             return Ok(());
         }

@@ -21,7 +21,11 @@ impl Row for Entry {
         vec!["Key", "Value", "Status"]
     }
     fn cells(&self) -> Vec<String> {
-        vec![self.key.clone(), self.value.to_string(), self.status.to_string()]
+        vec![
+            self.key.clone(),
+            self.value.to_string(),
+            self.status.to_string(),
+        ]
     }
 }
 
@@ -109,7 +113,15 @@ fn setup() -> (Db, Table<Entry>, MapTarget, Reconciler<Entry, MapTarget>) {
 
 fn put(db: &Db, t: &Table<Entry>, key: &str, value: u32) {
     let mut txn = db.write_txn();
-    t.insert(&mut txn, Entry { key: key.into(), value, status: Status::Pending }).unwrap();
+    t.insert(
+        &mut txn,
+        Entry {
+            key: key.into(),
+            value,
+            status: Status::Pending,
+        },
+    )
+    .unwrap();
     txn.commit().unwrap();
 }
 
@@ -147,9 +159,18 @@ fn pending_rows_are_pushed_once_and_marked_done() {
     put(&db, &t, "a", 1);
     put(&db, &t, "b", 2);
     let round = rec.reconcile_incremental().unwrap();
-    assert_eq!(round, Round { updated: 2, ..Round::default() });
+    assert_eq!(
+        round,
+        Round {
+            updated: 2,
+            ..Round::default()
+        }
+    );
     assert_eq!(status(&db, &t, "a"), Status::Done);
-    assert_eq!(target.state().map, BTreeMap::from([("a".into(), 1), ("b".into(), 2)]));
+    assert_eq!(
+        target.state().map,
+        BTreeMap::from([("a".into(), 1), ("b".into(), 2)])
+    );
 
     // The status writes show up as changes but trigger nothing.
     let round = rec.reconcile_incremental().unwrap();
@@ -181,7 +202,10 @@ fn failures_are_retried_with_backoff_and_counted() {
     assert_eq!(rec.reconcile_incremental().unwrap().errors, 1);
     assert_eq!(
         status(&db, &t, "a"),
-        Status::Error { message: "a refused".into(), attempts: 1 }
+        Status::Error {
+            message: "a refused".into(),
+            attempts: 1
+        }
     );
     let due = rec.next_retry().unwrap();
     assert!(due > Instant::now(), "retry must wait for its backoff");
@@ -192,7 +216,10 @@ fn failures_are_retried_with_backoff_and_counted() {
     until_retry_due(&rec);
     rec.reconcile_incremental().unwrap();
     assert_eq!(target.state().updates, 2);
-    assert!(matches!(status(&db, &t, "a"), Status::Error { attempts: 2, .. }));
+    assert!(matches!(
+        status(&db, &t, "a"),
+        Status::Error { attempts: 2, .. }
+    ));
 
     target.state().failing.clear();
     until_retry_due(&rec);
@@ -209,7 +236,10 @@ fn failed_deletes_are_retried_unless_the_row_returns() {
     put(&db, &t, "a", 1);
     put(&db, &t, "b", 2);
     rec.reconcile_incremental().unwrap();
-    target.state().failing.extend(["a".to_string(), "b".to_string()]);
+    target
+        .state()
+        .failing
+        .extend(["a".to_string(), "b".to_string()]);
     remove(&db, &t, "a");
     remove(&db, &t, "b");
     assert_eq!(rec.reconcile_incremental().unwrap().errors, 2);
@@ -236,7 +266,10 @@ fn full_pass_prunes_and_repairs_drift() {
     }
     let round = rec.reconcile_full().unwrap();
     assert_eq!((round.pruned, round.updated), (1, 2));
-    assert_eq!(target.state().map, BTreeMap::from([("a".into(), 1), ("b".into(), 2)]));
+    assert_eq!(
+        target.state().map,
+        BTreeMap::from([("a".into(), 1), ("b".into(), 2)])
+    );
     // Statuses did not change, so nothing was rewritten.
     assert_eq!(t.revision(&db), 4);
 }
@@ -287,5 +320,9 @@ async fn run_reconciles_until_shutdown() {
     assert_eq!(target.state().map.len(), 2);
 
     stop.send(()).unwrap();
-    tokio::time::timeout(deadline, task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(deadline, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

@@ -184,7 +184,14 @@ impl<R: Row> Table<R> {
                 .map(|i| (i.name.to_string(), i.unique))
                 .collect(),
         };
-        let core = db.open_core(layout, |core| Arc::new(Table { core, def }))?;
+        let index_keys = |json: &[u8]| -> Result<Vec<Vec<Vec<u8>>>, Error> {
+            let row: R = serde_json::from_slice(json).map_err(|source| Error::Encoding {
+                table: def.name.to_string(),
+                source,
+            })?;
+            Ok(def.secondary.iter().map(|i| i.keys(&row)).collect())
+        };
+        let core = db.open_core(layout, |core| Arc::new(Table { core, def }), index_keys)?;
         Ok(Table { core, def })
     }
 
@@ -273,7 +280,10 @@ impl<R: Row> Table<R> {
         let _gate = r.db().read_gate();
         let mut out = Vec::new();
         for (_, pk) in scan_raw(r, &self.core, REVS, Bound::Unbounded, Bound::Unbounded)? {
-            out.push(self.get_by_primary(r, &pk)?.ok_or_else(|| self.corrupt("revision entry"))?);
+            out.push(
+                self.get_by_primary(r, &pk)?
+                    .ok_or_else(|| self.corrupt("revision entry"))?,
+            );
         }
         Ok(out)
     }
@@ -344,7 +354,9 @@ impl<R: Row> Table<R> {
 
     /// Registers a change reader. Its first batch holds every row present
     /// now as an insert; later batches hold what changed since the previous
-    /// batch, deletes included. Dropping it unregisters it.
+    /// batch, deletes included. Deleted rows are kept as tombstones until
+    /// every registered reader has received them (they are collected at the
+    /// table's next commit). Dropping the reader unregisters it.
     pub fn changes(&self, db: &Db) -> Changes<R> {
         let _gate = db.read_gate();
         let floor = self.core.committed_revision();
@@ -432,7 +444,10 @@ impl<R: Row> Table<R> {
             if last_pk.as_ref() == Some(&pk) {
                 continue;
             }
-            out.push(self.get_by_primary(r, &pk)?.ok_or_else(|| self.corrupt("index entry"))?);
+            out.push(
+                self.get_by_primary(r, &pk)?
+                    .ok_or_else(|| self.corrupt("index entry"))?,
+            );
             last_pk = Some(pk);
         }
         Ok(out)
@@ -465,7 +480,7 @@ impl<R: Row> Table<R> {
     }
 }
 
-fn index_entry(key: &[u8], pk: &[u8]) -> Vec<u8> {
+pub(crate) fn index_entry(key: &[u8], pk: &[u8]) -> Vec<u8> {
     let mut entry = escape(key);
     entry.extend_from_slice(&TERMINATOR);
     entry.extend_from_slice(pk);

@@ -18,7 +18,11 @@ impl Row for Svc {
         vec!["Name", "IP", "Labels"]
     }
     fn cells(&self) -> Vec<String> {
-        vec![self.name.clone(), self.ip.to_string(), self.labels.join(",")]
+        vec![
+            self.name.clone(),
+            self.ip.to_string(),
+            self.labels.join(","),
+        ]
     }
 }
 
@@ -76,7 +80,11 @@ fn setup() -> (Db, Table<Svc>) {
 fn insert_then_get_by_every_index() {
     let (db, t) = setup();
     let mut txn = db.write_txn();
-    assert_eq!(t.insert(&mut txn, svc("a", "192.0.2.1", &["x", "y"])).unwrap(), None);
+    assert_eq!(
+        t.insert(&mut txn, svc("a", "192.0.2.1", &["x", "y"]))
+            .unwrap(),
+        None
+    );
     t.insert(&mut txn, svc("b", "192.0.2.2", &["y"])).unwrap();
     txn.commit().unwrap();
 
@@ -137,7 +145,13 @@ fn delete_removes_row_and_index_entries() {
     let gone = t.delete_key(&mut txn, "a").unwrap().unwrap();
     assert_eq!(gone.row.name, "a");
     assert!(t.delete_key(&mut txn, "missing").unwrap().is_none());
-    assert_eq!(t.delete(&mut txn, &svc("b", "0.0.0.0", &[])).unwrap().unwrap().revision, 2);
+    assert_eq!(
+        t.delete(&mut txn, &svc("b", "0.0.0.0", &[]))
+            .unwrap()
+            .unwrap()
+            .revision,
+        2
+    );
     txn.commit().unwrap();
 
     assert!(t.list(&db).unwrap().is_empty());
@@ -189,8 +203,22 @@ fn one_transaction_spans_tables_with_their_own_revisions() {
     let ann = Table::open(&db, ANNOUNCE).unwrap();
     let mut txn = db.write_txn();
     svcs.insert(&mut txn, svc("a", "192.0.2.1", &[])).unwrap();
-    ann.insert(&mut txn, Announce { ip: "192.0.2.1".parse().unwrap(), iface: "eth0".into() }).unwrap();
-    ann.insert(&mut txn, Announce { ip: "192.0.2.1".parse().unwrap(), iface: "eth1".into() }).unwrap();
+    ann.insert(
+        &mut txn,
+        Announce {
+            ip: "192.0.2.1".parse().unwrap(),
+            iface: "eth0".into(),
+        },
+    )
+    .unwrap();
+    ann.insert(
+        &mut txn,
+        Announce {
+            ip: "192.0.2.1".parse().unwrap(),
+            iface: "eth1".into(),
+        },
+    )
+    .unwrap();
     txn.commit().unwrap();
     assert_eq!(svcs.revision(&db), 1);
     assert_eq!(ann.revision(&db), 2);
@@ -200,15 +228,31 @@ fn one_transaction_spans_tables_with_their_own_revisions() {
 fn prefix_scans_follow_index_order() {
     let (db, t) = setup();
     let mut txn = db.write_txn();
-    for (n, ip, l) in [("web-2", "192.0.2.2", "tier-b"), ("web-1", "192.0.2.1", "tier-a"), ("db", "192.0.2.3", "t")] {
+    for (n, ip, l) in [
+        ("web-2", "192.0.2.2", "tier-b"),
+        ("web-1", "192.0.2.1", "tier-a"),
+        ("db", "192.0.2.3", "t"),
+    ] {
         t.insert(&mut txn, svc(n, ip, &[l])).unwrap();
     }
     txn.commit().unwrap();
-    assert_eq!(names(&t.prefix(&db, NAME, "web-").unwrap()), ["web-1", "web-2"]);
-    assert_eq!(names(&t.prefix(&db, NAME, "").unwrap()), ["db", "web-1", "web-2"]);
-    assert_eq!(names(&t.prefix(&db, LABEL, "tier-").unwrap()), ["web-1", "web-2"]);
+    assert_eq!(
+        names(&t.prefix(&db, NAME, "web-").unwrap()),
+        ["web-1", "web-2"]
+    );
+    assert_eq!(
+        names(&t.prefix(&db, NAME, "").unwrap()),
+        ["db", "web-1", "web-2"]
+    );
+    assert_eq!(
+        names(&t.prefix(&db, LABEL, "tier-").unwrap()),
+        ["web-1", "web-2"]
+    );
     // "t" is a prefix of every label.
-    assert_eq!(names(&t.prefix(&db, LABEL, "t").unwrap()), ["db", "web-1", "web-2"]);
+    assert_eq!(
+        names(&t.prefix(&db, LABEL, "t").unwrap()),
+        ["db", "web-1", "web-2"]
+    );
     assert!(t.prefix(&db, NAME, "x").unwrap().is_empty());
 
     let ann = Table::open(&db, ANNOUNCE).unwrap();
@@ -216,10 +260,22 @@ fn prefix_scans_follow_index_order() {
     let other: std::net::IpAddr = "192.0.2.10".parse().unwrap();
     let mut txn = db.write_txn();
     for (ip, iface) in [(ip, "eth1"), (other, "eth0"), (ip, "eth0")] {
-        ann.insert(&mut txn, Announce { ip, iface: iface.into() }).unwrap();
+        ann.insert(
+            &mut txn,
+            Announce {
+                ip,
+                iface: iface.into(),
+            },
+        )
+        .unwrap();
     }
     txn.commit().unwrap();
-    let on_ip: Vec<String> = ann.prefix(&db, IP_IFACE, &(ip,)).unwrap().into_iter().map(|e| e.row.iface).collect();
+    let on_ip: Vec<String> = ann
+        .prefix(&db, IP_IFACE, &(ip,))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.row.iface)
+        .collect();
     assert_eq!(on_ip, ["eth0", "eth1"]);
 }
 
@@ -236,7 +292,10 @@ fn list_by_revision_is_oldest_write_first() {
     txn.commit().unwrap();
     let order = t.list_by_revision(&db).unwrap();
     assert_eq!(names(&order), ["a", "b", "c"]);
-    assert_eq!(order.iter().map(|e| e.revision).collect::<Vec<_>>(), [2, 3, 4]);
+    assert_eq!(
+        order.iter().map(|e| e.revision).collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
 }
 
 #[test]
@@ -251,7 +310,13 @@ fn change_stream_delivers_inserts_and_deletes_once() {
     let mut reader = t.changes(&db);
     let first = reader.next_batch().unwrap();
     // Deleted before registration: not in the stream.
-    assert_eq!(first.iter().map(|c| (c.row.name.as_str(), c.deleted)).collect::<Vec<_>>(), [("a", false)]);
+    assert_eq!(
+        first
+            .iter()
+            .map(|c| (c.row.name.as_str(), c.deleted))
+            .collect::<Vec<_>>(),
+        [("a", false)]
+    );
     assert!(reader.next_batch().unwrap().is_empty());
 
     let mut txn = db.write_txn();
@@ -259,7 +324,10 @@ fn change_stream_delivers_inserts_and_deletes_once() {
     t.delete_key(&mut txn, "a").unwrap();
     txn.commit().unwrap();
     let next = reader.next_batch().unwrap();
-    let seen: Vec<_> = next.iter().map(|c| (c.revision, c.row.name.as_str(), c.deleted)).collect();
+    let seen: Vec<_> = next
+        .iter()
+        .map(|c| (c.revision, c.row.name.as_str(), c.deleted))
+        .collect();
     assert_eq!(seen, [(4, "b", false), (5, "a", true)]);
     assert_eq!(reader.seen(), 5);
 }
@@ -362,10 +430,20 @@ fn opening_a_table_twice_shares_it_and_checks_the_layout() {
     txn.commit().unwrap();
     assert_eq!(t.revision(&db), 1);
 
-    const OTHER: TableDef<Svc> = TableDef { name: "svcs", primary: NAME, secondary: &[IP] };
-    assert!(matches!(Table::open(&db, OTHER), Err(Error::SchemaMismatch { .. })));
+    const OTHER: TableDef<Svc> = TableDef {
+        name: "svcs",
+        primary: NAME,
+        secondary: &[IP],
+    };
+    assert!(matches!(
+        Table::open(&db, OTHER),
+        Err(Error::SchemaMismatch { .. })
+    ));
     let unknown: Index<Svc> = Index::unique("nope", |s| s.name.to_key());
-    assert!(matches!(t.get(&db, unknown, "a"), Err(Error::UnknownIndex { .. })));
+    assert!(matches!(
+        t.get(&db, unknown, "a"),
+        Err(Error::UnknownIndex { .. })
+    ));
 }
 
 #[tokio::test]
@@ -373,7 +451,8 @@ async fn any_table_lists_and_follows_by_name() {
     let (db, t) = setup();
     let _ann = Table::open(&db, ANNOUNCE).unwrap();
     let mut txn = db.write_txn();
-    t.insert(&mut txn, svc("a", "192.0.2.1", &["x", "y"])).unwrap();
+    t.insert(&mut txn, svc("a", "192.0.2.1", &["x", "y"]))
+        .unwrap();
     txn.commit().unwrap();
 
     let names: Vec<String> = db.tables().iter().map(|t| t.name().to_string()).collect();
@@ -382,7 +461,10 @@ async fn any_table_lists_and_follows_by_name() {
     let any = db.table("svcs").unwrap();
     assert_eq!(any.header(), ["Name", "IP", "Labels"]);
     assert_eq!(any.revision(), 1);
-    assert_eq!(any.list_cells(&db).unwrap(), [vec!["a", "192.0.2.1", "x,y"]]);
+    assert_eq!(
+        any.list_cells(&db).unwrap(),
+        [vec!["a", "192.0.2.1", "x,y"]]
+    );
     assert_eq!(any.list_json(&db).unwrap()[0]["ip"], "192.0.2.1");
 
     let mut changes = any.changes(&db).unwrap();
@@ -391,12 +473,40 @@ async fn any_table_lists_and_follows_by_name() {
     let mut txn = db.write_txn();
     t.delete_key(&mut txn, "a").unwrap();
     txn.commit().unwrap();
-    tokio::time::timeout(Duration::from_secs(10), changes.wait()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), changes.wait())
+        .await
+        .unwrap();
     let next = changes.next_batch().unwrap();
     assert_eq!(next.len(), 1);
     assert!(next[0].deleted);
     assert_eq!(next[0].cells[0], "a");
     assert_eq!(next[0].json["name"], "a");
+}
+
+#[test]
+fn changed_secondary_indexes_are_rebuilt_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    const BEFORE: TableDef<Svc> = TableDef {
+        name: "svcs",
+        primary: NAME,
+        secondary: &[IP],
+    };
+    {
+        let db = Db::open(dir.path()).unwrap();
+        let t = Table::open(&db, BEFORE).unwrap();
+        let mut txn = db.write_txn();
+        t.insert(&mut txn, svc("a", "192.0.2.1", &["x"])).unwrap();
+        t.insert(&mut txn, svc("b", "192.0.2.2", &["x", "y"]))
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let db = Db::open(dir.path()).unwrap();
+    let t = Table::open(&db, SVCS).unwrap();
+    assert_eq!(names(&t.get_all(&db, LABEL, "x").unwrap()), ["a", "b"]);
+    assert_eq!(names(&t.get_all(&db, LABEL, "y").unwrap()), ["b"]);
+    let ip: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+    assert_eq!(t.get(&db, IP, &ip).unwrap().unwrap().row.name, "b");
+    assert_eq!(t.revision(&db), 2);
 }
 
 #[test]
@@ -408,7 +518,11 @@ fn a_large_transaction_commits_whole() {
         let mut txn = db.write_txn();
         for i in 0..5000u32 {
             let ip = std::net::Ipv6Addr::from(0x2001_0db8_u128 << 96 | u128::from(i));
-            t.insert(&mut txn, svc(&format!("s{i:05}"), &ip.to_string(), &["bulk"])).unwrap();
+            t.insert(
+                &mut txn,
+                svc(&format!("s{i:05}"), &ip.to_string(), &["bulk"]),
+            )
+            .unwrap();
         }
         txn.commit().unwrap();
     }

@@ -22,7 +22,11 @@ impl Row for Item {
         vec!["Name", "Group", "Code"]
     }
     fn cells(&self) -> Vec<String> {
-        vec![self.name.clone(), self.group.to_string(), self.code.to_string()]
+        vec![
+            self.name.clone(),
+            self.group.to_string(),
+            self.code.to_string(),
+        ]
     }
 }
 
@@ -32,8 +36,16 @@ const CODE: Index<Item> = Index::unique("code", |i| i.code.to_key());
 /// Table 0 has a unique and a non-unique secondary index, table 1 only a
 /// non-unique one.
 const DEFS: [TableDef<Item>; 2] = [
-    TableDef { name: "items", primary: NAME, secondary: &[GROUP, CODE] },
-    TableDef { name: "others", primary: NAME, secondary: &[GROUP] },
+    TableDef {
+        name: "items",
+        primary: NAME,
+        secondary: &[GROUP, CODE],
+    },
+    TableDef {
+        name: "others",
+        primary: NAME,
+        secondary: &[GROUP],
+    },
 ];
 const GROUPS: u8 = 3;
 const CODES: u8 = 5;
@@ -88,7 +100,10 @@ struct ModelTable {
 impl ModelTable {
     fn insert(&mut self, table: usize, item: Item) -> Result<(), ()> {
         if table == 0
-            && self.rows.values().any(|(_, r)| r.code == item.code && r.name != item.name)
+            && self
+                .rows
+                .values()
+                .any(|(_, r)| r.code == item.code && r.name != item.name)
         {
             return Err(());
         }
@@ -129,11 +144,23 @@ fn check_reads(r: &impl statedb::ReadTxn, t: &Table<Item>, m: &ModelTable, which
     assert_eq!(t.revision(r), m.revision, "revision of {which}");
     for name in ["a", "b", "aa", "ab", "ba", "bb", "aab", "bbb"] {
         let want = m.rows.get(name).cloned();
-        assert_eq!(t.get(r, NAME, name).unwrap().map(|e| (e.revision, e.row)), want, "get {name}");
+        assert_eq!(
+            t.get(r, NAME, name).unwrap().map(|e| (e.revision, e.row)),
+            want,
+            "get {name}"
+        );
     }
     for group in 0..GROUPS {
-        let want: Vec<_> = all.iter().filter(|(_, i)| i.group == group).cloned().collect();
-        assert_eq!(entries(t.get_all(r, GROUP, &group).unwrap()), want, "group {group}");
+        let want: Vec<_> = all
+            .iter()
+            .filter(|(_, i)| i.group == group)
+            .cloned()
+            .collect();
+        assert_eq!(
+            entries(t.get_all(r, GROUP, &group).unwrap()),
+            want,
+            "group {group}"
+        );
     }
     if which == 0 {
         for code in 0..CODES {
@@ -149,8 +176,17 @@ fn check_all(db: &Db, tables: &[Table<Item>; 2], models: &[ModelTable; 2]) {
         let (t, m) = (&tables[which], &models[which]);
         check_reads(db, t, m, which);
         for prefix in ["", "a", "ab", "b", "ba"] {
-            let want: Vec<_> = m.rows.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.clone()).collect();
-            assert_eq!(entries(t.prefix(db, NAME, prefix).unwrap()), want, "prefix {prefix:?}");
+            let want: Vec<_> = m
+                .rows
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(_, v)| v.clone())
+                .collect();
+            assert_eq!(
+                entries(t.prefix(db, NAME, prefix).unwrap()),
+                want,
+                "prefix {prefix:?}"
+            );
         }
         // The group index lists by (group, name).
         let mut by_group: Vec<_> = m.rows.values().cloned().collect();
@@ -158,7 +194,11 @@ fn check_all(db: &Db, tables: &[Table<Item>; 2], models: &[ModelTable; 2]) {
         assert_eq!(entries(t.prefix(db, GROUP, &[][..]).unwrap()), by_group);
         let mut by_rev: Vec<_> = m.rows.values().cloned().collect();
         by_rev.sort_by_key(|(rev, _)| *rev);
-        assert_eq!(entries(t.list_by_revision(db).unwrap()), by_rev, "revision order");
+        assert_eq!(
+            entries(t.list_by_revision(db).unwrap()),
+            by_rev,
+            "revision order"
+        );
         assert_eq!(t.tombstones(db), m.graves.len(), "tombstones of {which}");
     }
 }
@@ -182,7 +222,9 @@ fn run(steps: Vec<Step>) {
                                 Ok(()) => {
                                     got.unwrap();
                                 }
-                                Err(()) => assert!(matches!(got, Err(Error::UniqueViolation { .. }))),
+                                Err(()) => {
+                                    assert!(matches!(got, Err(Error::UniqueViolation { .. })))
+                                }
                             }
                         }
                         Write::Delete { table, name } => {
@@ -199,8 +241,14 @@ fn run(steps: Vec<Step>) {
                     for which in 0..2 {
                         if draft[which].revision != models[which].revision {
                             // The commit drops the tombstones every reader has seen.
-                            let seen = readers.iter().filter(|(_, r)| r.table == which).map(|(_, r)| r.mark()).min();
-                            draft[which].graves.retain(|rev| seen.is_some_and(|s| *rev > s));
+                            let seen = readers
+                                .iter()
+                                .filter(|(_, r)| r.table == which)
+                                .map(|(_, r)| r.mark())
+                                .min();
+                            draft[which]
+                                .graves
+                                .retain(|rev| seen.is_some_and(|s| *rev > s));
                         }
                     }
                     models = draft;
@@ -210,7 +258,14 @@ fn run(steps: Vec<Step>) {
             }
             Step::Register { table } => {
                 let changes = tables[table].changes(&db);
-                readers.push((changes, ModelReader { table, seen: 0, floor: models[table].revision }));
+                readers.push((
+                    changes,
+                    ModelReader {
+                        table,
+                        seen: 0,
+                        floor: models[table].revision,
+                    },
+                ));
             }
             Step::Read { reader } if !readers.is_empty() => {
                 let (changes, model) = {
@@ -231,7 +286,12 @@ fn run(steps: Vec<Step>) {
                     )
                     .collect();
                 want.sort_by_key(|(rev, _, _)| *rev);
-                let got: Vec<_> = changes.next_batch().unwrap().into_iter().map(|c| (c.revision, c.deleted, c.row)).collect();
+                let got: Vec<_> = changes
+                    .next_batch()
+                    .unwrap()
+                    .into_iter()
+                    .map(|c| (c.revision, c.deleted, c.row))
+                    .collect();
                 assert_eq!(got, want, "change batch");
                 model.seen = m.revision;
             }
