@@ -34,7 +34,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => setup().and_then(|()| test(&args[1..])),
         Some("setup") => setup(),
-        Some("lab") => Err("`cargo xtask lab` arrives with the lab issue (#6); it is not built yet".into()),
+        Some("lab") => {
+            Err("`cargo xtask lab` arrives with the lab issue (#6); it is not built yet".into())
+        }
         Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
@@ -88,6 +90,25 @@ fn run(cmd: &mut Command) -> Result {
 /// kubectl: the machine image ships one; Debian's kubernetes-client
 /// conflicts with it, so it is installed only when no kubectl exists at all.
 fn setup() -> Result {
+    install_packages()?;
+    mount_bpffs()
+}
+
+/// The datapath pins its maps on bpffs; mount it where the system has not.
+fn mount_bpffs() -> Result {
+    let mounts =
+        std::fs::read_to_string("/proc/mounts").map_err(|e| format!("/proc/mounts: {e}"))?;
+    if mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
+            && l.split_whitespace().nth(2) == Some("bpf")
+    }) {
+        return Ok(());
+    }
+    std::fs::create_dir_all("/sys/fs/bpf").map_err(|e| format!("/sys/fs/bpf: {e}"))?;
+    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+fn install_packages() -> Result {
     let mut missing: Vec<&str> = Vec::new();
     for (cmd, pkg) in REQUIRED {
         if !on_path(cmd) && !missing.contains(pkg) {
@@ -121,7 +142,9 @@ fn setup() -> Result {
     };
     run(sudo(&["apt-get", "update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
     let mut install = sudo(&["apt-get", "install", "-y", "-qq", "--no-install-recommends"]);
-    install.args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
+    install
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
     run(&mut install)
 }
 
@@ -151,8 +174,15 @@ fn test(extra: &[String]) -> Result {
         "warnings",
     ]))?;
     let mut t = cargo();
-    t.args(["test", "--workspace", "--all-targets", "--locked"]);
-    // Doc tests are not part of --all-targets; run them too.
+    // Benchmarks are built by clippy above and run by `cargo xtask bench`.
+    t.args([
+        "test",
+        "--workspace",
+        "--lib",
+        "--bins",
+        "--tests",
+        "--locked",
+    ]);
     t.args(extra);
     run(&mut t)?;
     run(cargo().args(["test", "--workspace", "--doc", "--locked"]))
