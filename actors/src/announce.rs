@@ -42,6 +42,10 @@ impl Default for GratuitousConfig {
 pub trait DatapathObserver: Send + Sync {
     fn gratuitous_sent(&self, _ip: IpAddr, _interface: &str) {}
     fn liveness_refreshed(&self) {}
+    /// The map counters: (IP, interface, responses sent), absolute.
+    fn responses(&self, _entries: &[(IpAddr, String, u64)]) {}
+    /// One datapath operation of the reconciler (update, delete, prune).
+    fn reconciled(&self, _duration: Duration, _failed: bool) {}
 }
 
 /// An observer that records nothing.
@@ -95,6 +99,35 @@ impl Datapath {
 
     pub fn responder(&self) -> &Responder {
         &self.responder
+    }
+
+    /// Takes over the slot assignment of a previous run from the pinned
+    /// maps, so that a restarted agent never resets a fence that entries
+    /// still answer under. `rows` are the persisted `l2-announce` rows and
+    /// `ifnames` the device names by ifindex.
+    pub fn recover_slots(
+        &mut self,
+        rows: &[L2AnnounceRow],
+        ifnames: &BTreeMap<u32, String>,
+    ) -> Result<usize, ResponderError> {
+        let mut recovered = 0;
+        for entry in self.responder.list()? {
+            let Some(name) = ifnames.get(&entry.ifindex) else {
+                continue;
+            };
+            let origin = rows
+                .iter()
+                .find(|r| r.ip == entry.ip && r.network_interface == *name)
+                .and_then(|r| r.origins.first());
+            if let Some(origin) = origin
+                && !self.slots.contains_key(origin)
+            {
+                self.slots.insert(origin.clone(), entry.fence_slot);
+                self.next_slot = self.next_slot.max(entry.fence_slot + 1);
+                recovered += 1;
+            }
+        }
+        Ok(recovered)
     }
 
     /// The slot of an election, allocated on first use.
@@ -255,6 +288,29 @@ impl Target<L2AnnounceRow> for ResponderTarget {
     type Error = DatapathError;
 
     fn update(&mut self, row: &L2AnnounceRow) -> Result<(), DatapathError> {
+        let start = Instant::now();
+        let result = self.update_entry(row);
+        self.observer.reconciled(start.elapsed(), result.is_err());
+        result
+    }
+
+    fn delete(&mut self, row: &L2AnnounceRow) -> Result<(), DatapathError> {
+        let start = Instant::now();
+        let result = self.delete_entry(row);
+        self.observer.reconciled(start.elapsed(), result.is_err());
+        result
+    }
+
+    fn prune(&mut self, desired: &[L2AnnounceRow]) -> Result<(), DatapathError> {
+        let start = Instant::now();
+        let result = self.prune_entries(desired);
+        self.observer.reconciled(start.elapsed(), result.is_err());
+        result
+    }
+}
+
+impl ResponderTarget {
+    fn update_entry(&mut self, row: &L2AnnounceRow) -> Result<(), DatapathError> {
         let device = self.device(&row.network_interface)?;
         let mut dp = lock(&self.datapath);
         let origin = row.origins.first().cloned().unwrap_or_default();
@@ -275,7 +331,7 @@ impl Target<L2AnnounceRow> for ResponderTarget {
         Ok(())
     }
 
-    fn delete(&mut self, row: &L2AnnounceRow) -> Result<(), DatapathError> {
+    fn delete_entry(&mut self, row: &L2AnnounceRow) -> Result<(), DatapathError> {
         let mut dp = lock(&self.datapath);
         let found: Vec<(IpAddr, u32)> = dp
             .entries
@@ -298,7 +354,7 @@ impl Target<L2AnnounceRow> for ResponderTarget {
         Ok(())
     }
 
-    fn prune(&mut self, desired: &[L2AnnounceRow]) -> Result<(), DatapathError> {
+    fn prune_entries(&mut self, desired: &[L2AnnounceRow]) -> Result<(), DatapathError> {
         let mut wanted: BTreeSet<(IpAddr, u32)> = BTreeSet::new();
         for row in desired {
             if let Ok(device) = self.device(&row.network_interface) {
@@ -317,14 +373,18 @@ impl Target<L2AnnounceRow> for ResponderTarget {
                 info!(ip = %entry.ip, ifindex = entry.ifindex, "pruned stale entry");
             }
         }
-        // Attachments nobody wants (left by an earlier run) go too.
+        // Attachments nobody wants (left by an earlier run) go too; those
+        // of interfaces with desired rows stay, so that a restarted agent
+        // answers without a gap while its full pass re-inserts them.
+        let mode = dp.mode;
         let keep: Vec<AttachedLink> = dp
             .users
             .keys()
-            .map(|&ifindex| AttachedLink {
-                ifindex,
-                mode: dp.mode,
-            })
+            .copied()
+            .chain(wanted.iter().map(|(_, ifindex)| *ifindex))
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .map(|ifindex| AttachedLink { ifindex, mode })
             .collect();
         dp.responder.cleanup_stale(&keep)?;
         dp.free_unused_slots();
@@ -341,6 +401,17 @@ pub fn reconciler(
 ) -> Result<statedb::Reconciler<L2AnnounceRow, ResponderTarget>, statedb::Error> {
     let table = Table::open(db, L2_ANNOUNCE)?;
     let devices = Table::open(db, DEVICES)?;
+    let rows: Vec<L2AnnounceRow> = table.list(db)?.into_iter().map(|e| e.row).collect();
+    let ifnames: BTreeMap<u32, String> = devices
+        .list(db)?
+        .into_iter()
+        .map(|e| (e.row.index, e.row.name))
+        .collect();
+    match lock(&datapath).recover_slots(&rows, &ifnames) {
+        Ok(0) => {}
+        Ok(n) => info!(slots = n, "recovered lease fence slots of the previous run"),
+        Err(e) => warn!(error = %e, "recovering lease fence slots"),
+    }
     let target = ResponderTarget {
         datapath,
         db: db.clone(),
@@ -376,10 +447,26 @@ impl AnnounceActor {
         }
     }
 
+    /// Refreshes liveness and reports the response counters.
     fn refresh_liveness(&self) {
-        match lock(&self.datapath).set_liveness_now() {
+        let mut dp = lock(&self.datapath);
+        match dp.set_liveness_now() {
             Ok(_) => self.observer.liveness_refreshed(),
             Err(e) => warn!(error = %e, "refreshing datapath liveness"),
+        }
+        match dp.responses() {
+            Ok(entries) => {
+                let named: Vec<(IpAddr, String, u64)> = entries
+                    .into_iter()
+                    .filter_map(|e| {
+                        dp.users
+                            .get(&e.ifindex)
+                            .map(|(_, name)| (e.ip, name.clone(), e.responses_sent))
+                    })
+                    .collect();
+                self.observer.responses(&named);
+            }
+            Err(e) => warn!(error = %e, "reading response counters"),
         }
     }
 }

@@ -188,12 +188,18 @@ pub async fn load_config(
 }
 
 /// Builds the throttled client. Call once, on the System arbiter, and clone.
+/// Requests carry `User-Agent: l2announcer/<version> (<node>)`.
 pub fn build_client(
-    config: kube::Config,
+    mut config: kube::Config,
+    node: &str,
     qps: f64,
     burst: u32,
     observer: Arc<dyn ThrottleObserver>,
 ) -> Result<kube::Client, ClientError> {
+    let agent = format!("l2announcer/{} ({node})", env!("CARGO_PKG_VERSION"));
+    if let Ok(value) = http::HeaderValue::from_str(&agent) {
+        config.headers.push((http::header::USER_AGENT, value));
+    }
     let builder = kube::client::ClientBuilder::try_from(config)?;
     // kube's stack is not Clone; a buffer in front of it makes it so (its
     // worker task runs on the runtime that builds the client).

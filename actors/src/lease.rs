@@ -50,6 +50,10 @@ struct Slot {
     election: Election,
     in_flight: bool,
     leading: bool,
+    /// Whether the ServiceActor has heard a first verdict for this
+    /// election (it keeps a previous run's rows until then).
+    reported: bool,
+    created: Instant,
 }
 
 /// The actor. Build with [`LeaseActor::new`], then `start()`.
@@ -110,9 +114,11 @@ impl LeaseActor {
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
+        let mut foreign = false;
         match self.seen.get(name) {
             Some((record, rv)) => {
-                if record.holder != self.me && !record.holder.is_empty() {
+                foreign = record.holder != self.me && !record.holder.is_empty();
+                if foreign {
                     self.last_foreign_renewal.insert(name.to_string(), now);
                 }
                 slot.election.observe(record.clone(), rv.clone(), now);
@@ -120,6 +126,12 @@ impl LeaseActor {
             None if self.synced => slot.election.observe_absent(),
             None => {}
         }
+        if foreign {
+            self.report_not_leading(name);
+        }
+        let Some(slot) = self.slots.get(name) else {
+            return;
+        };
         let row = lease_row(
             &slot.service,
             name,
@@ -163,10 +175,27 @@ impl LeaseActor {
         }
     }
 
+    /// Tells the ServiceActor, once, that this node does not lead `name`
+    /// (another node holds it, or our own renewals keep failing).
+    fn report_not_leading(&mut self, name: &str) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        if slot.reported || slot.leading {
+            return;
+        }
+        slot.reported = true;
+        self.leadership.do_send(Leadership {
+            service: slot.service.clone(),
+            held: false,
+        });
+    }
+
     fn set_leading(&mut self, name: &str, leading: bool, reason: &str) {
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
+        slot.reported = true;
         if slot.leading == leading {
             return;
         }
@@ -200,6 +229,11 @@ impl LeaseActor {
             if slot.leading && !slot.election.is_leader(now) {
                 self.set_leading(&name, false, "renew-deadline");
                 continue;
+            }
+            if !slot.reported
+                && now.saturating_duration_since(slot.created) >= self.timing.renew_deadline
+            {
+                self.report_not_leading(&name);
             }
             let Some(slot) = self.slots.get_mut(&name) else {
                 continue;
@@ -502,6 +536,8 @@ impl Handler<Campaign> for LeaseActor {
                 election: Election::new(self.me.clone(), self.timing),
                 in_flight: false,
                 leading: false,
+                reported: false,
+                created: Instant::now(),
             },
         );
         self.observe(&name, Instant::now());

@@ -77,6 +77,10 @@ pub struct ServiceActor {
     elections: BTreeMap<String, String>,
     /// Election keys this node leads.
     leading: BTreeSet<String>,
+    /// Election keys the LeaseActor has decided at least once. Until then
+    /// rows a previous run left for them are kept: a restarted holder
+    /// keeps answering while it renews its lease.
+    decided: BTreeSet<String>,
     /// Services this node announces now, for start/stop reports.
     announcing: BTreeSet<String>,
     lease: Recipient<Campaign>,
@@ -113,6 +117,7 @@ impl ServiceActor {
             candidacies: BTreeMap::new(),
             elections: BTreeMap::new(),
             leading: BTreeSet::new(),
+            decided: BTreeSet::new(),
             announcing: BTreeSet::new(),
             lease,
             withdraw,
@@ -188,6 +193,7 @@ impl ServiceActor {
         let new_keys: BTreeSet<&String> = next.values().collect();
         for gone in old_keys.difference(&new_keys) {
             self.leading.remove(*gone);
+            self.decided.remove(*gone);
             self.withdraw.do_send(Withdraw {
                 service: (*gone).clone(),
             });
@@ -228,10 +234,17 @@ impl ServiceActor {
                 return;
             }
         };
+        let undecided = |origin: &String| {
+            self.candidacies.contains_key(origin)
+                && self
+                    .elections
+                    .get(origin)
+                    .is_some_and(|e| !self.decided.contains(e))
+        };
         let mut writes = 0;
         for e in &existing {
             let key = (e.row.ip, e.row.network_interface.clone());
-            if !desired.contains_key(&key) {
+            if !desired.contains_key(&key) && !e.row.origins.iter().any(undecided) {
                 if let Err(err) = self.announce.delete(&mut txn, &e.row) {
                     warn!(error = %err, "deleting l2-announce row");
                 }
@@ -560,12 +573,14 @@ impl Handler<SelectedDevices> for ServiceActor {
 impl Handler<Leadership> for ServiceActor {
     type Result = ();
     fn handle(&mut self, msg: Leadership, _ctx: &mut Context<Self>) {
-        let changed = if msg.held {
-            self.elections.values().any(|k| *k == msg.service) && self.leading.insert(msg.service)
+        let first = self.decided.insert(msg.service.clone());
+        let ours = self.elections.values().any(|k| *k == msg.service);
+        let changed = if msg.held && ours {
+            self.leading.insert(msg.service)
         } else {
             self.leading.remove(&msg.service)
         };
-        if changed {
+        if first || changed {
             self.write_rows();
         }
     }

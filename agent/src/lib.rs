@@ -9,5 +9,6 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod duration;
+pub mod metrics;
 pub mod run;
 pub mod tables;

@@ -7,15 +7,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use actix::{Actor, Addr, AsyncContext};
-use actors::announce::{self, AnnounceActor, Datapath, GratuitousConfig, NoDatapathObserver};
+use actors::announce::{self, AnnounceActor, Datapath, GratuitousConfig};
 use actors::device_table::DeviceTableWriter;
 use actors::devices::{DeviceActor, TrackerOptions};
 use actors::election::LeaseTiming;
 use actors::kubeclient;
-use actors::lease::{LeaseActor, NoLeaseObserver};
+use actors::lease::LeaseActor;
 use actors::messages::ReleaseAll;
-use actors::policy_actor::{NoPolicyObserver, PolicyActor};
-use actors::service_actor::{NoAnnounceObserver, ServiceActor};
+use actors::policy_actor::PolicyActor;
+use actors::service_actor::ServiceActor;
 use bpf::{AttachMode, Responder, ResponderConfig};
 
 use anyhow::Context as _;
@@ -25,6 +25,7 @@ use tracing::info;
 
 use crate::api::{self, ApiState};
 use crate::config::{Config, LogFormat, ResponderMode};
+use crate::metrics::{self, Metrics};
 
 /// Sets up logging as configured; safe to call once per process.
 pub fn init_logging(config: &Config) {
@@ -72,7 +73,11 @@ struct Started {
 
 /// Starts device tracking, and with `--enable-l2-announcements` the
 /// datapath and the control plane.
-async fn start_actors(config: &Config, db: &statedb::Db) -> anyhow::Result<Started> {
+async fn start_actors(
+    config: &Config,
+    db: &statedb::Db,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Started> {
     let filter = config.devices.clone();
     if !config.enable_l2_announcements {
         let writer = DeviceTableWriter::new(db.clone(), None)?.start();
@@ -101,10 +106,20 @@ async fn start_actors(config: &Config, db: &statedb::Db) -> anyhow::Result<Start
         ResponderMode::Xdp => AttachMode::Xdp,
     };
     let datapath = Arc::new(Mutex::new(Datapath::new(responder, mode)));
+    // Built (and its fence slots recovered) before any actor can renew.
+    let reconciler = announce::reconciler(
+        db,
+        datapath.clone(),
+        GratuitousConfig {
+            count: config.l2_gratuitous_count,
+            interval: config.l2_gratuitous_interval,
+        },
+        metrics.clone(),
+    )?;
     let announce = AnnounceActor::new(
         datapath.clone(),
         config.agent_liveness_update_interval,
-        Arc::new(NoDatapathObserver),
+        metrics.clone(),
     )
     .start();
 
@@ -114,9 +129,10 @@ async fn start_actors(config: &Config, db: &statedb::Db) -> anyhow::Result<Start
         .context("loading the Kubernetes client configuration")?;
     let client = kubeclient::build_client(
         kube_config,
+        &config.node_name,
         config.k8s_client_qps,
         config.k8s_client_burst,
-        Arc::new(kubeclient::NoObserver),
+        metrics.clone(),
     )?;
 
     let timing = LeaseTiming {
@@ -134,7 +150,7 @@ async fn start_actors(config: &Config, db: &statedb::Db) -> anyhow::Result<Start
         db.clone(),
         service_addr.clone().recipient(),
         announce.clone().recipient(),
-        Arc::new(NoLeaseObserver),
+        metrics.clone(),
     )?
     .start();
     let service = ServiceActor::new(
@@ -145,28 +161,14 @@ async fn start_actors(config: &Config, db: &statedb::Db) -> anyhow::Result<Start
         lease.clone().recipient(),
         lease.clone().recipient(),
         announce.clone().recipient(),
-        Arc::new(NoAnnounceObserver),
+        metrics.clone(),
     )?;
     service_ctx.run(service);
-    PolicyActor::new(
-        client,
-        service_addr.clone().recipient(),
-        Arc::new(NoPolicyObserver),
-    )
-    .start();
+    PolicyActor::new(client, service_addr.clone().recipient(), metrics.clone()).start();
 
     let writer = DeviceTableWriter::new(db.clone(), Some(service_addr.recipient()))?.start();
     DeviceActor::new(filter, TrackerOptions::default(), writer.recipient()).start();
 
-    let reconciler = announce::reconciler(
-        db,
-        datapath,
-        GratuitousConfig {
-            count: config.l2_gratuitous_count,
-            interval: config.l2_gratuitous_interval,
-        },
-        Arc::new(NoDatapathObserver),
-    )?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     actix_rt::spawn(async move {
         let stop = async move {
@@ -199,7 +201,24 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let state = ApiState::new(config.clone(), db.clone(), stop_rx);
         let server = tokio::spawn(api::serve(listener, state));
-        let started = start_actors(&config, &db).await?;
+        let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let metrics_server = match config.prometheus_serve_addr {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding --prometheus-serve-addr {addr}"))?;
+                Some(tokio::spawn(metrics::serve_listener(
+                    listener,
+                    metrics.clone(),
+                    ready.clone(),
+                    stop_tx.subscribe(),
+                )))
+            }
+            None => None,
+        };
+        let started = start_actors(&config, &db, &metrics).await?;
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
         info!(
             node = %config.node_name,
             socket = %config.api_socket.display(),
@@ -229,6 +248,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "API server ended with an error"),
             Err(e) => tracing::warn!(error = %e, "API server task failed"),
+        }
+        if let Some(m) = metrics_server {
+            match m.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "metrics server ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "metrics server task failed"),
+            }
         }
         db.flush().context("flushing state database")?;
         let _ = std::fs::remove_file(&config.api_socket);

@@ -10,8 +10,34 @@ use crate::api::{DumpRow, TableDump};
 
 pub use actors::tables::NAMES;
 
-/// Opens (creating when new) the database and every table in it.
+/// How long `run` waits for the lock of a database whose previous owner
+/// is still exiting (a restart right after SIGKILL).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn is_lock_error(e: &statedb::Error) -> bool {
+    let text = e.to_string();
+    text.contains("could not acquire lock") || text.contains("WouldBlock")
+}
+
+/// Opens (creating when new) the database and every table in it, waiting
+/// briefly for a lock still held by an exiting agent.
 pub fn open(path: &Path) -> Result<Db, statedb::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let db = loop {
+        match Db::open(path) {
+            Ok(db) => break db,
+            Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    register(&db)?;
+    Ok(db)
+}
+
+/// Opens without waiting: for `statedb --db` next to a live agent.
+fn open_now(path: &Path) -> Result<Db, statedb::Error> {
     let db = Db::open(path)?;
     register(&db)?;
     Ok(db)
@@ -19,9 +45,9 @@ pub fn open(path: &Path) -> Result<Db, statedb::Error> {
 
 /// Opens the files of a stopped agent; fails if an agent holds them.
 pub fn open_existing(path: &Path) -> Result<Db, String> {
-    open(path).map_err(|e| {
+    open_now(path).map_err(|e| {
         let text = e.to_string();
-        if text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable") {
+        if is_lock_error(&e) {
             format!(
                 "the database at {} is in use by a running agent; query the agent instead (without --db): {text}",
                 path.display()
