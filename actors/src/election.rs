@@ -71,8 +71,8 @@ pub struct Election {
     pub me: String,
     pub timing: LeaseTiming,
     observed: Option<Observed>,
-    /// Whether the Lease object is known to be absent.
-    absent: bool,
+    /// Since when the Lease object is known to be absent.
+    absent_since: Option<Instant>,
     /// When the last successful acquire/renew request was *sent*.
     last_success_sent: Option<Instant>,
     /// When the last attempt was made, to space attempts by retry period.
@@ -85,7 +85,7 @@ impl Election {
             me: me.into(),
             timing,
             observed: None,
-            absent: false,
+            absent_since: None,
             last_success_sent: None,
             last_attempt: None,
         }
@@ -99,7 +99,7 @@ impl Election {
     /// observation time moves only when the record itself changed, so a
     /// holder that stopped renewing is seen to expire on schedule.
     pub fn observe(&mut self, record: LeaseRecord, resource_version: String, now: Instant) {
-        self.absent = false;
+        self.absent_since = None;
         let changed = self.observed.as_ref().is_none_or(|o| o.record != record);
         let at = match &self.observed {
             Some(o) if !changed => o.at,
@@ -113,9 +113,9 @@ impl Election {
     }
 
     /// Records that the Lease does not exist (deleted, or never created).
-    pub fn observe_absent(&mut self) {
+    pub fn observe_absent(&mut self, now: Instant) {
         self.observed = None;
-        self.absent = true;
+        self.absent_since.get_or_insert(now);
     }
 
     /// Whether this node currently leads: the observed holder is us and a
@@ -140,8 +140,8 @@ impl Election {
 
     /// When the observed lease becomes free for us to take.
     pub fn free_at(&self) -> Option<Instant> {
-        if self.absent {
-            return Some(Instant::now());
+        if let Some(since) = self.absent_since {
+            return Some(since);
         }
         let o = self.observed.as_ref()?;
         if o.record.holder.is_empty() || o.record.holder == self.me {
@@ -160,7 +160,7 @@ impl Election {
                 return Decision::WaitUntil(next);
             }
         }
-        if self.absent || self.observed.is_none() {
+        if self.absent_since.is_some() || self.observed.is_none() {
             return Decision::Create(LeaseRecord {
                 holder: self.me.clone(),
                 lease_duration_seconds: self.timing.duration_seconds(),
@@ -278,8 +278,11 @@ mod tests {
     #[test]
     fn absent_lease_is_created_with_us_as_holder() {
         let mut e = Election::new("node-a", timing());
-        e.observe_absent();
         let now = Instant::now();
+        e.observe_absent(now);
+        assert_eq!(e.free_at(), Some(now));
+        e.observe_absent(now + Duration::from_secs(1));
+        assert_eq!(e.free_at(), Some(now), "free since the first sighting");
         match e.decide(now, T) {
             Decision::Create(r) => {
                 assert_eq!(r.holder, "node-a");
@@ -382,8 +385,8 @@ mod tests {
     #[test]
     fn attempts_are_spaced_by_the_retry_period() {
         let mut e = Election::new("node-a", timing());
-        e.observe_absent();
         let t0 = Instant::now();
+        e.observe_absent(t0);
         e.attempted(t0);
         assert_eq!(
             e.decide(t0 + Duration::from_millis(100), T),

@@ -123,7 +123,7 @@ impl LeaseActor {
                 }
                 slot.election.observe(record.clone(), rv.clone(), now);
             }
-            None if self.synced => slot.election.observe_absent(),
+            None if self.synced => slot.election.observe_absent(now),
             None => {}
         }
         if foreign {
@@ -220,7 +220,13 @@ impl LeaseActor {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let stamp = rfc3339_now();
-        let held = self.held_count();
+        // Leases held or being acquired: the stagger below counts both, so
+        // that a node that starts first does not take every free lease.
+        let mut held = self
+            .slots
+            .values()
+            .filter(|s| s.leading || s.in_flight)
+            .count();
         let names: Vec<String> = self.slots.keys().cloned().collect();
         for name in names {
             let Some(slot) = self.slots.get_mut(&name) else {
@@ -256,6 +262,9 @@ impl LeaseActor {
                 if now < free + stagger {
                     continue;
                 }
+            }
+            if acquiring {
+                held += 1;
             }
             match decision {
                 Decision::WaitUntil(_) => {}
@@ -334,7 +343,7 @@ impl LeaseActor {
                 if let kube::Error::Api(status) = &e
                     && status.code == 404
                 {
-                    slot.election.observe_absent();
+                    slot.election.observe_absent(now);
                 }
                 if leading {
                     self.observer.renew(&service, now - sent, false);

@@ -101,7 +101,8 @@ impl PolicyActor {
             info!(policy = %name, "policy errors resolved");
         }
         let api = self.api.clone();
-        let patch = serde_json::json!([{ "op": "replace", "path": "/status", "value": next }]);
+        // `add` sets /status whether or not the object has one yet.
+        let patch = serde_json::json!([{ "op": "add", "path": "/status", "value": next }]);
         let fut = async move {
             let params = PatchParams {
                 field_manager: Some(FIELD_MANAGER.to_string()),

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
                  test [-- cargo test args]   install what is missing, fmt, clippy, all tests\n  \
                  setup                      install the system packages only\n  \
                  lab                        the virtual LAN demo\n  \
-                 bench [statedb]            benchmarks"
+                 bench [statedb|datapath]   benchmarks"
             );
             return ExitCode::from(2);
         }
@@ -189,8 +189,28 @@ fn test(extra: &[String]) -> Result {
 }
 
 fn bench(args: &[String]) -> Result {
+    let statedb = || run(cargo().args(["bench", "-p", "statedb"]));
+    // Namespaces and BPF: needs root. Extra arguments go to the binary
+    // (`cargo xtask bench datapath --requests 5000`).
+    let datapath = |extra: &[String]| {
+        let mut c = cargo();
+        c.args([
+            "run",
+            "--release",
+            "-p",
+            "integration",
+            "--bin",
+            "bench-datapath",
+            "--",
+        ]);
+        run(c.args(extra))
+    };
     match args.first().map(String::as_str) {
-        None | Some("statedb") => run(cargo().args(["bench", "-p", "statedb"])),
-        Some(other) => Err(format!("unknown benchmark {other:?}; known: statedb")),
+        None => statedb().and_then(|()| datapath(&[])),
+        Some("statedb") => statedb(),
+        Some("datapath") => datapath(&args[1..]),
+        Some(other) => Err(format!(
+            "unknown benchmark {other:?}; known: statedb, datapath"
+        )),
     }
 }

@@ -1,0 +1,540 @@
+//! The control plane against the test API server: three in-process nodes
+//! (Policy, Service and Lease actors each) elect one holder per Service,
+//! fail over when a holder stops renewing (and its fence closes first),
+//! hand over at once on shutdown, report invalid policies, honour node
+//! selectors, load balancer classes and IP kinds, share rows between
+//! Services with one IP, and converge under client-side throttling.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use actors::election::LeaseTiming;
+use actors::policy::CiliumL2AnnouncementPolicy;
+use integration::apiserver::{ClientMatch, TestApiServer};
+use integration::controlplane::{ControlPlaneNode, NodeOptions, wait_for};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const FAST: LeaseTiming = LeaseTiming {
+    lease_duration: Duration::from_secs(2),
+    renew_deadline: Duration::from_secs(1),
+    retry_period: Duration::from_millis(200),
+};
+
+/// An API server on its own runtime, and a client for the test's writes.
+struct Cluster {
+    rt: tokio::runtime::Runtime,
+    server: TestApiServer,
+    client: kube::Client,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let server = rt
+            .block_on(TestApiServer::start("127.0.0.1:0".parse().expect("addr")))
+            .expect("api server");
+        let client = rt.block_on(async { server.client() }).expect("client");
+        let c = Cluster { rt, server, client };
+        for ns in ["default", "kube-system"] {
+            let obj: Namespace =
+                serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
+            let _ = c.rt.block_on(
+                Api::<Namespace>::all(c.client.clone()).create(&PostParams::default(), &obj),
+            );
+        }
+        let crds: Api<CustomResourceDefinition> = Api::all(c.client.clone());
+        c.rt.block_on(crds.create(&PostParams::default(), &CiliumL2AnnouncementPolicy::crd()))
+            .expect("create CRD");
+        c
+    }
+
+    fn url(&self) -> String {
+        self.server.url()
+    }
+
+    fn node(&self, name: &str, labels: serde_json::Value) {
+        let node: Node =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
+                .expect("node");
+        self.rt
+            .block_on(Api::<Node>::all(self.client.clone()).create(&PostParams::default(), &node))
+            .expect("create node");
+    }
+
+    fn policy(&self, name: &str, spec: serde_json::Value) {
+        let api: Api<CiliumL2AnnouncementPolicy> = Api::all(self.client.clone());
+        let obj: CiliumL2AnnouncementPolicy = serde_json::from_value(json!({
+            "apiVersion": "cilium.io/v2alpha1", "kind": "CiliumL2AnnouncementPolicy",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .expect("policy");
+        match self.rt.block_on(api.get_opt(name)).expect("get policy") {
+            Some(mut existing) => {
+                existing.spec = obj.spec;
+                self.rt
+                    .block_on(api.replace(name, &PostParams::default(), &existing))
+            }
+            None => self.rt.block_on(api.create(&PostParams::default(), &obj)),
+        }
+        .expect("write policy");
+    }
+
+    fn get_policy(&self, name: &str) -> CiliumL2AnnouncementPolicy {
+        let api: Api<CiliumL2AnnouncementPolicy> = Api::all(self.client.clone());
+        self.rt.block_on(api.get(name)).expect("get policy")
+    }
+
+    /// A Service with `spec` extras and load balancer IPs in its status.
+    fn service(&self, name: &str, spec: serde_json::Value, lb_ips: &[&str]) {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), "default");
+        let mut full = json!({"type": "LoadBalancer", "ports": [{"port": 80}]});
+        if let (Some(f), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
+            for (k, v) in extra {
+                f.insert(k.clone(), v.clone());
+            }
+        }
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"}, "spec": full
+        }))
+        .expect("service");
+        self.rt
+            .block_on(api.create(&PostParams::default(), &svc))
+            .expect("create service");
+        if !lb_ips.is_empty() {
+            let ingress: Vec<_> = lb_ips.iter().map(|ip| json!({"ip": ip})).collect();
+            let status = json!({"status": {"loadBalancer": {"ingress": ingress}}});
+            self.rt
+                .block_on(api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)))
+                .expect("service status");
+        }
+    }
+
+    fn delete_service(&self, name: &str) {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), "default");
+        self.rt
+            .block_on(api.delete(name, &DeleteParams::default()))
+            .expect("delete service");
+    }
+
+    fn leases(&self) -> BTreeMap<String, Lease> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), "kube-system");
+        self.rt
+            .block_on(api.list(&Default::default()))
+            .map(|l| {
+                l.items
+                    .into_iter()
+                    .map(|lease| (lease.metadata.name.clone().unwrap_or_default(), lease))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn holder(&self, lease: &str) -> Option<String> {
+        self.leases()
+            .get(lease)
+            .and_then(|l| l.spec.as_ref())
+            .and_then(|s| s.holder_identity.clone())
+            .filter(|h| !h.is_empty())
+    }
+}
+
+fn start_nodes(cluster: &Cluster, names: &[&str], timing: LeaseTiming) -> Vec<ControlPlaneNode> {
+    names
+        .iter()
+        .map(|n| {
+            ControlPlaneNode::start(&cluster.url(), NodeOptions::new(n, timing))
+                .expect("start node")
+        })
+        .collect()
+}
+
+/// Which node announces each Service, requiring exactly one per Service.
+fn announcers(nodes: &[ControlPlaneNode], services: &[String]) -> Option<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for svc in services {
+        let holders: Vec<&ControlPlaneNode> = nodes
+            .iter()
+            .filter(|n| n.announced_services().contains(svc))
+            .collect();
+        if holders.len() != 1 {
+            return None;
+        }
+        out.insert(svc.clone(), holders[0].name.clone());
+    }
+    Some(out)
+}
+
+fn standard_policy(cluster: &Cluster) {
+    cluster.policy(
+        "policy1",
+        json!({
+            "nodeSelector": {"matchExpressions": [{"key": "l2", "operator": "NotIn", "values": ["no"]}]},
+            "interfaces": ["^eth[0-9]+"],
+            "externalIPs": true,
+            "loadBalancerIPs": true
+        }),
+    );
+}
+
+#[test]
+fn one_holder_per_service_failover_and_handover() {
+    let cluster = Cluster::start();
+    cluster.node("node-a", json!({}));
+    cluster.node("node-b", json!({}));
+    cluster.node("node-c", json!({"l2": "no"}));
+    standard_policy(&cluster);
+    let services: Vec<String> = (0..20).map(|i| format!("default/svc-{i}")).collect();
+    for i in 0..20 {
+        cluster.service(
+            &format!("svc-{i}"),
+            json!({}),
+            &[&format!("192.0.2.{}", 100 + i)],
+        );
+    }
+    let mut nodes = start_nodes(&cluster, &["node-a", "node-b", "node-c"], FAST);
+
+    let owners = wait_for("one announcer per service", Duration::from_secs(20), || {
+        announcers(&nodes, &services)
+    })
+    .expect("converged");
+    // Leases agree with the rows, with the fields client-go writes.
+    let leases = cluster.leases();
+    for (svc, owner) in &owners {
+        let name = format!(
+            "cilium-l2announce-default-{}",
+            svc.trim_start_matches("default/")
+        );
+        let spec = leases[&name].spec.clone().expect("spec");
+        assert_eq!(
+            spec.holder_identity.as_deref(),
+            Some(owner.as_str()),
+            "{name}"
+        );
+        assert_eq!(spec.lease_duration_seconds, Some(2));
+        assert!(spec.acquire_time.is_some() && spec.renew_time.is_some());
+        assert_eq!(spec.lease_transitions, Some(0));
+    }
+    // The node selector keeps node-c out entirely; the others share.
+    let per_node: BTreeMap<&str, usize> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|n| (*n, owners.values().filter(|o| o == n).count()))
+        .collect();
+    assert_eq!(per_node["node-c"], 0);
+    assert!(
+        nodes[2].lease_rows().is_empty(),
+        "node-c campaigns for nothing"
+    );
+    assert!(
+        per_node["node-a"] >= 3 && per_node["node-b"] >= 3,
+        "balanced: {per_node:?}"
+    );
+    // Rows carry the Service's IP on eth0.
+    let row = nodes
+        .iter()
+        .flat_map(|n| n.announce_rows())
+        .find(|r| r.origins == vec!["default/svc-0".to_string()])
+        .expect("row of svc-0");
+    assert_eq!(row.ip.to_string(), "192.0.2.100");
+    assert_eq!(row.network_interface, "eth0");
+    let policy_row = nodes[0]
+        .policy_rows()
+        .into_iter()
+        .find(|p| p.name == "policy1")
+        .expect("policy row");
+    assert!(policy_row.valid);
+    assert_eq!(policy_row.services.len(), 20);
+
+    // Freeze the holder of svc-0: its requests hang from now on.
+    let svc0 = "default/svc-0".to_string();
+    let old = owners[&svc0].clone();
+    let old_idx = nodes.iter().position(|n| n.name == old).expect("node");
+    cluster
+        .server
+        .pause(ClientMatch::UserAgent(format!("({old})")));
+    let paused_at = Instant::now();
+    let new_idx = 1 - old_idx;
+    wait_for("takeover of svc-0", Duration::from_secs(10), || {
+        nodes[new_idx]
+            .announced_services()
+            .contains(&svc0)
+            .then_some(())
+    })
+    .expect("taken over");
+    let takeover = Instant::now();
+    let election = "default/svc-0";
+    let old_fence = nodes[old_idx]
+        .last_fence(election)
+        .expect("old holder was fenced");
+    let last_renewal_sent = old_fence - FAST.renew_deadline;
+    let new_first_renewal = {
+        let log = nodes[new_idx].log.lock().expect("log");
+        log.renewed
+            .iter()
+            .find(|(e, f, _)| e == election && *f > old_fence)
+            .map(|(_, _, at)| *at)
+            .expect("new holder renewed")
+    };
+    let gap = new_first_renewal - last_renewal_sent;
+    println!(
+        "failover: old fence closed {:?} before the new holder's first renewal; takeover {:?} after the last renewal (pause at +{:?})",
+        new_first_renewal - old_fence,
+        gap,
+        paused_at.saturating_duration_since(last_renewal_sent)
+    );
+    assert!(
+        old_fence < new_first_renewal,
+        "old fence must close before the takeover"
+    );
+    assert!(
+        gap <= FAST.lease_duration + Duration::from_secs(1),
+        "takeover {gap:?} after the last renewal"
+    );
+    assert!(takeover - paused_at <= FAST.lease_duration + Duration::from_secs(2));
+    // The frozen holder stopped announcing by itself (renew deadline).
+    wait_for("old holder withdrew", Duration::from_secs(3), || {
+        (!nodes[old_idx].announced_services().contains(&svc0)).then_some(())
+    })
+    .expect("old holder quiet");
+    let lease = &cluster.leases()["cilium-l2announce-default-svc-0"];
+    assert_eq!(
+        lease.spec.as_ref().and_then(|s| s.lease_transitions),
+        Some(1)
+    );
+    cluster.server.unpause_all();
+
+    // Graceful stop of the current holder of svc-0 hands over in < 1 s.
+    let holder_idx = new_idx;
+    let other_idx = old_idx;
+    let start = Instant::now();
+    nodes[holder_idx].terminate();
+    wait_for("handover of svc-0", Duration::from_secs(5), || {
+        nodes[other_idx]
+            .announced_services()
+            .contains(&svc0)
+            .then_some(())
+    })
+    .expect("handed over");
+    let handover = start.elapsed();
+    println!("handover after graceful stop: {handover:?}");
+    assert!(
+        handover < Duration::from_secs(1),
+        "handover took {handover:?}"
+    );
+    for n in nodes.iter_mut() {
+        n.kill();
+    }
+}
+
+#[test]
+fn policy_conditions_classes_ip_kinds_sharing_and_deletion() {
+    let cluster = Cluster::start();
+    cluster.node("node-a", json!({}));
+    cluster.node("node-b", json!({}));
+    // Only load balancer IPs; a bad regex first.
+    cluster.policy(
+        "lb-only",
+        json!({"loadBalancerIPs": true, "interfaces": ["eth["]}),
+    );
+    cluster.service("web", json!({}), &["192.0.2.10"]);
+    cluster.service(
+        "other-class",
+        json!({"loadBalancerClass": "example.com/other"}),
+        &["192.0.2.11"],
+    );
+    cluster.service(
+        "ext-only",
+        json!({"type": "ClusterIP", "externalIPs": ["198.51.100.7"]}),
+        &[],
+    );
+    cluster.service("shared-a", json!({}), &["192.0.2.20"]);
+    cluster.service("shared-b", json!({}), &["192.0.2.20"]);
+    cluster.service("late", json!({}), &[]);
+    let nodes = start_nodes(&cluster, &["node-a", "node-b"], FAST);
+
+    let condition = wait_for(
+        "bad-interface-regex condition",
+        Duration::from_secs(10),
+        || {
+            let p = cluster.get_policy("lb-only");
+            p.status.and_then(|s| {
+                s.conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "io.cilium/bad-interface-regex")
+            })
+        },
+    )
+    .expect("condition");
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("True", "error")
+    );
+    assert!(condition.message.contains("eth["), "{}", condition.message);
+    assert_eq!(condition.observed_generation, Some(1));
+    wait_for("invalid policy row", Duration::from_secs(5), || {
+        nodes[0]
+            .policy_rows()
+            .into_iter()
+            .find(|p| p.name == "lb-only" && !p.valid)
+    })
+    .expect("row");
+    assert!(
+        cluster.leases().is_empty(),
+        "an invalid policy selects nothing"
+    );
+
+    // Fix it: the condition turns False, Services get announced.
+    cluster.policy(
+        "lb-only",
+        json!({"loadBalancerIPs": true, "interfaces": ["^eth0$"]}),
+    );
+    wait_for("condition cleared", Duration::from_secs(10), || {
+        let p = cluster.get_policy("lb-only");
+        p.status.and_then(|s| {
+            s.conditions.into_iter().find(|c| {
+                c.type_ == "io.cilium/bad-interface-regex"
+                    && c.status == "False"
+                    && c.message.is_empty()
+            })
+        })
+    })
+    .expect("cleared");
+    let expected: Vec<String> = ["default/web", "default/shared-a", "default/shared-b"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    wait_for("announced", Duration::from_secs(10), || {
+        announcers(&nodes, &expected)
+    })
+    .expect("announced");
+
+    // Shared IP: one row with both origins, one lease for the pair.
+    let rows: Vec<_> = nodes
+        .iter()
+        .flat_map(|n| n.announce_rows())
+        .filter(|r| r.ip.to_string() == "192.0.2.20")
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        rows[0].origins,
+        vec![
+            "default/shared-a".to_string(),
+            "default/shared-b".to_string()
+        ]
+    );
+    let leases = cluster.leases();
+    assert!(leases.contains_key("cilium-l2announce-default-shared-a"));
+    assert!(!leases.contains_key("cilium-l2announce-default-shared-b"));
+    // Another class, and an externalIPs-only Service under an LB-only
+    // policy, get no lease at all; neither does one without IPs yet.
+    assert!(!leases.contains_key("cilium-l2announce-default-other-class"));
+    assert!(!leases.contains_key("cilium-l2announce-default-ext-only"));
+    assert!(!leases.contains_key("cilium-l2announce-default-late"));
+
+    // IPs assigned later (LB IPAM) are picked up.
+    let api: Api<Service> = Api::namespaced(cluster.client.clone(), "default");
+    let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.30"}]}}});
+    cluster
+        .rt
+        .block_on(api.patch_status("late", &PatchParams::default(), &Patch::Merge(&status)))
+        .expect("assign IP");
+    let late = vec!["default/late".to_string()];
+    wait_for("late service announced", Duration::from_secs(10), || {
+        announcers(&nodes, &late)
+    })
+    .expect("late");
+
+    // externalIPs: true selects the externalIPs Service too.
+    cluster.policy(
+        "lb-only",
+        json!({"loadBalancerIPs": true, "externalIPs": true, "interfaces": ["^eth0$"]}),
+    );
+    let ext = vec!["default/ext-only".to_string()];
+    let owner = wait_for("external IP announced", Duration::from_secs(10), || {
+        announcers(&nodes, &ext)
+    })
+    .expect("ext");
+    let ext_row = nodes
+        .iter()
+        .find(|n| n.name == owner["default/ext-only"])
+        .expect("owner")
+        .announce_rows()
+        .into_iter()
+        .find(|r| r.origins.contains(&"default/ext-only".to_string()))
+        .expect("row");
+    assert_eq!(ext_row.ip.to_string(), "198.51.100.7");
+
+    // Deleting a Service removes its rows and releases its lease.
+    cluster.delete_service("web");
+    wait_for("rows of web removed", Duration::from_secs(5), || {
+        nodes
+            .iter()
+            .all(|n| !n.announced_services().contains("default/web"))
+            .then_some(())
+    })
+    .expect("removed");
+    wait_for("lease of web released", Duration::from_secs(5), || {
+        cluster
+            .holder("cilium-l2announce-default-web")
+            .is_none()
+            .then_some(())
+    })
+    .expect("released");
+}
+
+#[test]
+fn converges_under_client_side_throttling() {
+    // qps 1, burst 1: renewals of 20 leases every 25 s fit 0.8 qps.
+    let timing = LeaseTiming {
+        lease_duration: Duration::from_secs(50),
+        renew_deadline: Duration::from_secs(35),
+        retry_period: Duration::from_secs(25),
+    };
+    let cluster = Cluster::start();
+    cluster.node("node-a", json!({}));
+    standard_policy(&cluster);
+    let services: Vec<String> = (0..20).map(|i| format!("default/svc-{i}")).collect();
+    for i in 0..20 {
+        cluster.service(
+            &format!("svc-{i}"),
+            json!({}),
+            &[&format!("192.0.2.{}", 100 + i)],
+        );
+    }
+    let mut options = NodeOptions::new("node-a", timing);
+    options.qps = 1.0;
+    options.burst = 1;
+    let node = ControlPlaneNode::start(&cluster.url(), options).expect("node");
+    let nodes = [node];
+    let started = Instant::now();
+    wait_for(
+        "all 20 announced under qps 1",
+        Duration::from_secs(60),
+        || announcers(&nodes, &services),
+    )
+    .expect("converged");
+    let waits = nodes[0].waits.waits.lock().expect("waits").clone();
+    let waited: Vec<&Duration> = waits.iter().filter(|w| !w.is_zero()).collect();
+    println!(
+        "throttled: converged in {:?}; {} of {} requests waited, longest {:?}",
+        started.elapsed(),
+        waited.len(),
+        waits.len(),
+        waited.iter().max()
+    );
+    assert!(waited.len() >= 15, "requests were throttled: {waited:?}");
+    let distinct: BTreeSet<String> = nodes[0]
+        .lease_rows()
+        .into_iter()
+        .map(|r| r.service)
+        .collect();
+    assert_eq!(distinct.len(), 20);
+}
