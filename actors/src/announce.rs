@@ -321,7 +321,14 @@ impl ResponderTarget {
         if new {
             dp.attach_if_first(&device)?;
         }
-        dp.responder.insert(row.ip, device.index, slot)?;
+        if let Err(e) = dp.responder.insert(row.ip, device.index, slot) {
+            // Undo the attach count taken for this entry, or the interface
+            // would never be detached.
+            if new {
+                dp.release_interface(device.index);
+            }
+            return Err(e.into());
+        }
         dp.entries.insert(key, slot);
         drop(dp);
         if new {
@@ -419,12 +426,13 @@ pub fn reconciler(
         gratuitous,
         observer,
     };
-    Ok(statedb::Reconciler::new(
-        db,
-        &table,
-        target,
-        statedb::ReconcilerConfig::default(),
-    ))
+    // Rows waiting for a device are retried at least every 2 s: device
+    // changes do not wake the reconciler by themselves.
+    let config = statedb::ReconcilerConfig {
+        retry_max: Duration::from_secs(2),
+        ..Default::default()
+    };
+    Ok(statedb::Reconciler::new(db, &table, target, config))
 }
 
 /// The actor: fences, liveness, election groups.

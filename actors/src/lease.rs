@@ -31,7 +31,7 @@ pub const LEASE_PREFIX: &str = "cilium-l2announce-";
 /// election decides on a request).
 const TICK: Duration = Duration::from_millis(50);
 /// How often released, unclaimed leases are garbage collected.
-const GC_INTERVAL: Duration = Duration::from_secs(60);
+pub const GC_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Receives lease events for the metrics.
 pub trait LeaseObserver: Send + Sync {
@@ -75,6 +75,9 @@ pub struct LeaseActor {
     /// When each held lease's previous holder last renewed, as observed,
     /// for the takeover latency.
     last_foreign_renewal: BTreeMap<String, Instant>,
+    /// When each lease was last seen changing, for garbage collection.
+    changed_at: BTreeMap<String, Instant>,
+    gc_interval: Duration,
 }
 
 impl LeaseActor {
@@ -102,7 +105,15 @@ impl LeaseActor {
             renewed,
             observer,
             last_foreign_renewal: BTreeMap::new(),
+            changed_at: BTreeMap::new(),
+            gc_interval: GC_INTERVAL,
         })
+    }
+
+    /// Collects released leases every `interval` instead of once a minute.
+    pub fn with_gc_interval(mut self, interval: Duration) -> Self {
+        self.gc_interval = interval;
+        self
     }
 
     fn held_count(&self) -> usize {
@@ -383,11 +394,20 @@ impl LeaseActor {
     /// a whole GC interval. The resourceVersion precondition keeps a lease
     /// that someone claimed in the meantime.
     fn collect_garbage(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
         for (name, (record, rv)) in &self.seen {
             if !name.starts_with(LEASE_PREFIX) || !record.holder.is_empty() {
                 continue;
             }
             if self.slots.contains_key(name) {
+                continue;
+            }
+            let unchanged_for = self
+                .changed_at
+                .get(name)
+                .map(|t| now.saturating_duration_since(*t))
+                .unwrap_or_default();
+            if unchanged_for < self.gc_interval {
                 continue;
             }
             let api = self.api.clone();
@@ -483,7 +503,7 @@ impl Actor for LeaseActor {
         let stream = watcher(self.api.clone(), watcher::Config::default()).default_backoff();
         ctx.add_stream(stream);
         ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
-        ctx.run_interval(GC_INTERVAL, |act, ctx| act.collect_garbage(ctx));
+        ctx.run_interval(self.gc_interval, |act, ctx| act.collect_garbage(ctx));
     }
 }
 
@@ -507,6 +527,7 @@ impl StreamHandler<Result<watcher::Event<Lease>, watcher::Error>> for LeaseActor
                 let name = lease_name_of(&lease);
                 let rv = lease.metadata.resource_version.clone().unwrap_or_default();
                 self.seen.insert(name.clone(), (from_lease(&lease), rv));
+                self.changed_at.insert(name.clone(), now);
                 if self.synced {
                     self.observe(&name, now);
                 }
@@ -514,6 +535,7 @@ impl StreamHandler<Result<watcher::Event<Lease>, watcher::Error>> for LeaseActor
             watcher::Event::Delete(lease) => {
                 let name = lease_name_of(&lease);
                 self.seen.remove(&name);
+                self.changed_at.remove(&name);
                 self.observe(&name, now);
             }
             watcher::Event::InitDone => {

@@ -5,6 +5,7 @@ pub mod announce;
 pub mod device_table;
 pub mod devices;
 pub mod election;
+pub mod events;
 pub mod kubeclient;
 pub mod lease;
 pub mod messages;

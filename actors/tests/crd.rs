@@ -29,16 +29,34 @@ fn deploy_crd_is_generated_from_the_type() {
 #[test]
 fn crd_matches_ciliums_names() {
     let crd = CiliumL2AnnouncementPolicy::crd();
-    assert_eq!(crd.metadata.name.as_deref(), Some("ciliuml2announcementpolicies.cilium.io"));
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("ciliuml2announcementpolicies.cilium.io")
+    );
     assert_eq!(crd.spec.scope, "Cluster");
     assert_eq!(crd.spec.names.kind, "CiliumL2AnnouncementPolicy");
-    assert_eq!(crd.spec.names.short_names, Some(vec!["l2announcement".to_string()]));
+    assert_eq!(
+        crd.spec.names.short_names,
+        Some(vec!["l2announcement".to_string()])
+    );
     let version = &crd.spec.versions[0];
     assert_eq!(version.name, "v2alpha1");
-    assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+    assert!(
+        version
+            .subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some()
+    );
     let schema = serde_json::to_value(&version.schema).expect("schema");
     let spec = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"];
-    for field in ["serviceSelector", "nodeSelector", "interfaces", "externalIPs", "loadBalancerIPs"] {
+    for field in [
+        "serviceSelector",
+        "nodeSelector",
+        "interfaces",
+        "externalIPs",
+        "loadBalancerIPs",
+    ] {
         assert!(spec.get(field).is_some(), "spec.{field} in the schema");
     }
 }

@@ -26,6 +26,7 @@ use tracing::info;
 use crate::api::{self, ApiState};
 use crate::config::{Config, LogFormat, ResponderMode};
 use crate::metrics::{self, Metrics};
+use actors::events::{Fanout, ServiceEvents};
 
 /// Sets up logging as configured; safe to call once per process.
 pub fn init_logging(config: &Config) {
@@ -153,6 +154,10 @@ async fn start_actors(
         metrics.clone(),
     )?
     .start();
+    let announce_observers = Fanout(vec![
+        metrics.clone(),
+        ServiceEvents::start(client.clone(), &config.node_name),
+    ]);
     let service = ServiceActor::new(
         client.clone(),
         &config.node_name,
@@ -161,7 +166,7 @@ async fn start_actors(
         lease.clone().recipient(),
         lease.clone().recipient(),
         announce.clone().recipient(),
-        metrics.clone(),
+        Arc::new(announce_observers),
     )?;
     service_ctx.run(service);
     PolicyActor::new(client, service_addr.clone().recipient(), metrics.clone()).start();

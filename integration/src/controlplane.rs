@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, AsyncContext, Context, Handler};
 use actors::election::LeaseTiming;
+use actors::events::ServiceEvents;
 use actors::kubeclient::{self, ThrottleObserver};
 use actors::lease::{LeaseActor, NoLeaseObserver};
 use actors::messages::{ElectionGroups, ReleaseAll, Renewed, SelectedDevices};
 use actors::policy_actor::{NoPolicyObserver, PolicyActor};
-use actors::service_actor::{NoAnnounceObserver, ServiceActor};
+use actors::service_actor::ServiceActor;
 use actors::tables::{L2_ANNOUNCE, L2AnnounceRow, LEASES, LeaseRow, POLICIES, PolicyRow};
 
 /// What the datapath side of one node received.
@@ -73,6 +74,7 @@ pub struct NodeOptions {
     pub external_ips_enabled: bool,
     pub qps: f64,
     pub burst: u32,
+    pub gc_interval: Duration,
 }
 
 impl NodeOptions {
@@ -85,6 +87,7 @@ impl NodeOptions {
             external_ips_enabled: true,
             qps: 1000.0,
             burst: 1000,
+            gc_interval: actors::lease::GC_INTERVAL,
         }
     }
 }
@@ -149,7 +152,9 @@ impl ControlPlaneNode {
                         Arc::new(NoLeaseObserver),
                     )
                     .map_err(|e| e.to_string())?
+                    .with_gc_interval(options.gc_interval)
                     .start();
+                    let events = ServiceEvents::start(client.clone(), &options.name);
                     let service = ServiceActor::new(
                         client.clone(),
                         &options.name,
@@ -158,7 +163,7 @@ impl ControlPlaneNode {
                         lease.clone().recipient(),
                         lease.clone().recipient(),
                         recorder.recipient(),
-                        Arc::new(NoAnnounceObserver),
+                        events,
                     )
                     .map_err(|e| e.to_string())?;
                     service_ctx.run(service);

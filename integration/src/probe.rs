@@ -554,11 +554,12 @@ pub struct FloodResult {
     pub receive_drops: u32,
 }
 
-/// Sends untagged requests for `target` from `sender` as fast as the
-/// socket takes them for `duration`, while a second thread counts the
-/// replies on `receiver` (a separate prober on the same interface).
+/// Sends untagged requests for `target` from every prober in `senders`
+/// (one thread each) as fast as the sockets take them for `duration`,
+/// while another thread counts the replies on `receiver` (a separate
+/// prober on the same interface).
 pub fn flood(
-    sender: &ArpProber,
+    senders: &[ArpProber],
     receiver: Arc<ArpProber>,
     target: Ipv4Addr,
     duration: Duration,
@@ -582,17 +583,31 @@ pub fn flood(
             }
         })
     };
-    let frame = sender.request_frame(target, None);
-    let (mut sent, mut send_errors) = (0u64, 0u64);
     let start = Instant::now();
-    while start.elapsed() < duration {
-        for _ in 0..64 {
-            match sender.send_frame(&frame) {
-                Ok(()) => sent += 1,
-                Err(_) => send_errors += 1,
-            }
-        }
-    }
+    let (sent, send_errors) = std::thread::scope(|scope| {
+        let threads: Vec<_> = senders
+            .iter()
+            .map(|sender| {
+                scope.spawn(move || {
+                    let frame = sender.request_frame(target, None);
+                    let (mut sent, mut errors) = (0u64, 0u64);
+                    while start.elapsed() < duration {
+                        for _ in 0..64 {
+                            match sender.send_frame(&frame) {
+                                Ok(()) => sent += 1,
+                                Err(_) => errors += 1,
+                            }
+                        }
+                    }
+                    (sent, errors)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .fold((0, 0), |(s, e), (s1, e1)| (s + s1, e + e1))
+    });
     let elapsed = start.elapsed();
     stop.store(true, Ordering::Release);
     let replies = match counter.join() {

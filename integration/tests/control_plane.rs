@@ -538,3 +538,130 @@ fn converges_under_client_side_throttling() {
         .collect();
     assert_eq!(distinct.len(), 20);
 }
+
+/// Every (API group, resource, verb) a role grants, from deploy/'s YAML.
+fn granted() -> BTreeSet<(String, String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut out = BTreeSet::new();
+    for file in ["clusterrole.yaml", "role.yaml"] {
+        let text = std::fs::read_to_string(root.join(file)).expect("read role");
+        let role: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+        for rule in role["rules"].as_sequence().expect("rules") {
+            let list = |k: &str| -> Vec<String> {
+                rule[k]
+                    .as_sequence()
+                    .map(|s| {
+                        s.iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            for g in list("apiGroups") {
+                for r in list("resources") {
+                    for v in list("verbs") {
+                        out.insert((g.clone(), r.clone(), v));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_agent_uses() {
+    let cluster = Cluster::start();
+    cluster.node("node-a", json!({}));
+    cluster.node("node-b", json!({}));
+    cluster.policy(
+        "p",
+        json!({"loadBalancerIPs": true, "interfaces": ["eth["]}),
+    );
+    cluster.service("web", json!({}), &["192.0.2.10"]);
+    let nodes: Vec<ControlPlaneNode> = ["node-a", "node-b"]
+        .iter()
+        .map(|n| {
+            let mut o = NodeOptions::new(n, FAST);
+            o.gc_interval = Duration::from_secs(1);
+            ControlPlaneNode::start(&cluster.url(), o).expect("node")
+        })
+        .collect();
+    let web = vec!["default/web".to_string()];
+    // A bad policy gets its status patched, then the fixed one selects web.
+    wait_for("status patched", Duration::from_secs(10), || {
+        cluster
+            .get_policy("p")
+            .status
+            .filter(|s| !s.conditions.is_empty())
+    })
+    .expect("status");
+    cluster.policy(
+        "p",
+        json!({"loadBalancerIPs": true, "interfaces": ["^eth0$"]}),
+    );
+    wait_for("web announced", Duration::from_secs(10), || {
+        announcers(&nodes, &web)
+    })
+    .expect("announced");
+    // Withdraw and announce again: the repeated Event is patched.
+    cluster.policy(
+        "p",
+        json!({"loadBalancerIPs": true, "interfaces": ["^wlan$"]}),
+    );
+    wait_for("web withdrawn", Duration::from_secs(10), || {
+        nodes
+            .iter()
+            .all(|n| n.announced_services().is_empty())
+            .then_some(())
+    })
+    .expect("withdrawn");
+    cluster.policy(
+        "p",
+        json!({"loadBalancerIPs": true, "interfaces": ["^eth0$"]}),
+    );
+    wait_for("web announced again", Duration::from_secs(10), || {
+        announcers(&nodes, &web)
+    })
+    .expect("again");
+    // Deleting the Service releases the lease; garbage collection deletes it.
+    cluster.delete_service("web");
+    wait_for("lease collected", Duration::from_secs(10), || {
+        (!cluster
+            .leases()
+            .contains_key("cilium-l2announce-default-web"))
+        .then_some(())
+    })
+    .expect("collected");
+    let used: BTreeSet<(String, String, String)> =
+        wait_for("event patch", Duration::from_secs(10), || {
+            let used: BTreeSet<(String, String, String)> = cluster
+                .server
+                .request_log()
+                .into_iter()
+                .filter(|r| r.user_agent.contains("l2announcer/") && r.code < 400)
+                .map(|r| {
+                    let resource = if r.subresource.is_empty() {
+                        r.resource
+                    } else {
+                        format!("{}/{}", r.resource, r.subresource)
+                    };
+                    (r.group, resource, r.verb)
+                })
+                .collect();
+            used.contains(&("events.k8s.io".into(), "events".into(), "patch".into()))
+                .then_some(used)
+        })
+        .expect("the repeated event was patched");
+    let granted = granted();
+    let not_granted: Vec<_> = used.difference(&granted).collect();
+    let not_used: Vec<_> = granted.difference(&used).collect();
+    assert!(
+        not_granted.is_empty(),
+        "requests the roles do not allow: {not_granted:?}"
+    );
+    assert!(
+        not_used.is_empty(),
+        "grants the agent never used (remove them): {not_used:?}"
+    );
+}

@@ -280,38 +280,33 @@ fn daemonset_security_probes_and_volumes() {
 /// granting anything else fails the test; so does a grant listed here that
 /// no rule gives (the list and the roles must agree).
 ///
-/// * services, nodes, endpointslices — get/list/watch: the watchers behind
+/// * services, nodes, endpointslices — list/watch: the watchers behind
 ///   candidacy (Service IPs and labels, node labels, local endpoints).
-/// * ciliuml2announcementpolicies — get/list/watch; its status — patch:
+/// * ciliuml2announcementpolicies — list/watch; its status — patch:
 ///   the policy actor's watch and its status conditions.
-/// * events (core and events.k8s.io) — create/patch: Events on Services.
-/// * leases (Role, kube-system only) — create/get/update/list/watch/delete:
-///   acquire, renew, follow, re-read after a conflict, collect stale ones.
+/// * events (events.k8s.io) — create/patch: Events on Services.
+/// * leases (Role, kube-system only) — create/update/list/watch/delete:
+///   acquire, renew, follow, collect stale ones.
 const CLUSTER_ALLOWED: &[(&str, &str, &[&str])] = &[
-    ("", "services", &["get", "list", "watch"]),
-    ("", "nodes", &["get", "list", "watch"]),
-    (
-        "discovery.k8s.io",
-        "endpointslices",
-        &["get", "list", "watch"],
-    ),
+    ("", "services", &["list", "watch"]),
+    ("", "nodes", &["list", "watch"]),
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
     (
         "cilium.io",
         "ciliuml2announcementpolicies",
-        &["get", "list", "watch"],
+        &["list", "watch"],
     ),
     (
         "cilium.io",
         "ciliuml2announcementpolicies/status",
         &["patch"],
     ),
-    ("", "events", &["create", "patch"]),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
 const NAMESPACE_ALLOWED: &[(&str, &str, &[&str])] = &[(
     "coordination.k8s.io",
     "leases",
-    &["create", "get", "update", "list", "watch", "delete"],
+    &["create", "update", "list", "watch", "delete"],
 )];
 
 type Grant = (String, String, String);
