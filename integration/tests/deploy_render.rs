@@ -401,3 +401,96 @@ fn examples_use_documentation_addresses_only() {
         "expected a LoadBalancer and an externalIPs Service"
     );
 }
+
+/// `kubectl apply -k deploy/` against the test API server creates every
+/// object, and they read back.
+#[test]
+fn kubectl_apply_k_deploy_against_the_test_api_server() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = rt
+        .block_on(integration::apiserver::TestApiServer::start(
+            "127.0.0.1:0".parse().expect("addr"),
+        ))
+        .expect("api server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let kubectl = |args: &[&str]| {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    };
+    let mut apply_ns = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    {
+        use std::io::Write;
+        let mut stdin = apply_ns.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: kube-system\n")
+            .expect("write");
+    }
+    assert!(apply_ns.wait().expect("wait").success());
+    let out = kubectl(&[
+        "apply",
+        "-k",
+        repo_root().join("deploy").to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "kubectl apply -k deploy/: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "customresourcedefinition.apiextensions.k8s.io/ciliuml2announcementpolicies.cilium.io",
+        "serviceaccount/l2announcer",
+        "clusterrole.rbac.authorization.k8s.io/l2announcer",
+        "daemonset.apps/l2announcer",
+        "configmap/",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+    let out = kubectl(&[
+        "get",
+        "daemonset",
+        "-n",
+        "kube-system",
+        "l2announcer",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "daemonset.apps/l2announcer"
+    );
+    // Applying again changes nothing and still succeeds.
+    let out = kubectl(&[
+        "apply",
+        "-k",
+        repo_root().join("deploy").to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

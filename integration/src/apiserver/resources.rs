@@ -282,8 +282,64 @@ pub fn builtins() -> Vec<ResourceInfo> {
         "timestamp",
         ".metadata.creationTimestamp",
     )];
+    // What `kubectl apply -k deploy/` creates besides the CRD.
+    let service_accounts = builtin(
+        "",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        true,
+        false,
+        &["sa"],
+        &[],
+    );
+    let mut daemonsets = builtin(
+        "apps",
+        "daemonsets",
+        "daemonset",
+        "DaemonSet",
+        true,
+        true,
+        &["ds"],
+        &[],
+    );
+    daemonsets.generation = true;
+    daemonsets.reset_status_on_create = true;
+    daemonsets.categories = vec!["all".into()];
+    let rbac = |plural: &str, singular: &str, kind: &str, namespaced: bool| {
+        builtin(
+            "rbac.authorization.k8s.io",
+            plural,
+            singular,
+            kind,
+            namespaced,
+            false,
+            &[],
+            &[],
+        )
+    };
     vec![
-        namespaces, nodes, pods, services, events, configmaps, slices, leases, events_v1, crds,
+        namespaces,
+        nodes,
+        pods,
+        services,
+        events,
+        configmaps,
+        slices,
+        leases,
+        events_v1,
+        crds,
+        service_accounts,
+        daemonsets,
+        rbac("clusterroles", "clusterrole", "ClusterRole", false),
+        rbac(
+            "clusterrolebindings",
+            "clusterrolebinding",
+            "ClusterRoleBinding",
+            false,
+        ),
+        rbac("roles", "role", "Role", true),
+        rbac("rolebindings", "rolebinding", "RoleBinding", true),
     ]
 }
 

@@ -50,7 +50,7 @@ pub fn decode_builtin(
     plural: &str,
     v: &Value,
 ) -> Result<(Value, Vec<String>), String> {
-    use k8s_openapi::api::{coordination, core, discovery, events};
+    use k8s_openapi::api::{apps, coordination, core, discovery, events, rbac};
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
     let out = match (group, plural) {
         ("", "services") => roundtrip::<core::v1::Service>(v, "Service")?,
@@ -64,6 +64,18 @@ pub fn decode_builtin(
         }
         ("coordination.k8s.io", "leases") => roundtrip::<coordination::v1::Lease>(v, "Lease")?,
         ("events.k8s.io", "events") => roundtrip::<events::v1::Event>(v, "Event")?,
+        ("", "serviceaccounts") => roundtrip::<core::v1::ServiceAccount>(v, "ServiceAccount")?,
+        ("apps", "daemonsets") => roundtrip::<apps::v1::DaemonSet>(v, "DaemonSet")?,
+        ("rbac.authorization.k8s.io", "clusterroles") => {
+            roundtrip::<rbac::v1::ClusterRole>(v, "ClusterRole")?
+        }
+        ("rbac.authorization.k8s.io", "clusterrolebindings") => {
+            roundtrip::<rbac::v1::ClusterRoleBinding>(v, "ClusterRoleBinding")?
+        }
+        ("rbac.authorization.k8s.io", "roles") => roundtrip::<rbac::v1::Role>(v, "Role")?,
+        ("rbac.authorization.k8s.io", "rolebindings") => {
+            roundtrip::<rbac::v1::RoleBinding>(v, "RoleBinding")?
+        }
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             roundtrip::<apiextensions::v1::CustomResourceDefinition>(v, "CustomResourceDefinition")?
         }
