@@ -207,6 +207,39 @@ fn is_enoent(err: &MapError) -> bool {
         || matches!(err, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT))
 }
 
+/// Inserts or re-points one responder entry, keeping its counter.
+fn upsert_entry<K: aya::Pod>(
+    map: &mut HashMap<MapData, K, EntryValue>,
+    name: &'static str,
+    key: K,
+    fence_slot: u32,
+) -> Result<(), ResponderError> {
+    check_slot(fence_slot)?;
+    let value = match map.get(&key, 0) {
+        Ok(v) if v.fence_slot == fence_slot => return Ok(()),
+        Ok(v) => EntryValue { fence_slot, ..v },
+        Err(e) if is_enoent(&e) => EntryValue {
+            fence_slot,
+            ..EntryValue::default()
+        },
+        Err(e) => return Err(map_err(name)(e)),
+    };
+    map.insert(key, value, 0).map_err(map_err(name))
+}
+
+/// Removes one responder entry; whether it was there.
+fn remove_entry<K: aya::Pod>(
+    map: &mut HashMap<MapData, K, EntryValue>,
+    name: &'static str,
+    key: K,
+) -> Result<bool, ResponderError> {
+    match map.remove(&key) {
+        Ok(()) => Ok(true),
+        Err(e) if is_enoent(&e) => Ok(false),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
 /// The loaded responder: programs, typed maps and attachments.
 pub struct Responder {
     ebpf: Ebpf,
@@ -305,27 +338,12 @@ impl Responder {
         ifindex: u32,
         fence_slot: u32,
     ) -> Result<(), ResponderError> {
-        check_slot(fence_slot)?;
-        let key = V4Key::new(ip, ifindex);
-        let value = match self.v4.get(&key, 0) {
-            Ok(v) if v.fence_slot == fence_slot => return Ok(()),
-            Ok(v) => EntryValue { fence_slot, ..v },
-            Err(e) if is_enoent(&e) => EntryValue {
-                fence_slot,
-                ..EntryValue::default()
-            },
-            Err(e) => return Err(map_err(MAP_V4)(e)),
-        };
-        self.v4.insert(key, value, 0).map_err(map_err(MAP_V4))
+        upsert_entry(&mut self.v4, MAP_V4, V4Key::new(ip, ifindex), fence_slot)
     }
 
     /// Stops answering ARP for `ip` on `ifindex`. Returns whether it was there.
     pub fn remove_v4(&mut self, ip: Ipv4Addr, ifindex: u32) -> Result<bool, ResponderError> {
-        match self.v4.remove(&V4Key::new(ip, ifindex)) {
-            Ok(()) => Ok(true),
-            Err(e) if is_enoent(&e) => Ok(false),
-            Err(e) => Err(map_err(MAP_V4)(e)),
-        }
+        remove_entry(&mut self.v4, MAP_V4, V4Key::new(ip, ifindex))
     }
 
     /// Answers Neighbor Solicitations for `ip` on `ifindex`, gated by
@@ -336,27 +354,12 @@ impl Responder {
         ifindex: u32,
         fence_slot: u32,
     ) -> Result<(), ResponderError> {
-        check_slot(fence_slot)?;
-        let key = V6Key::new(ip, ifindex);
-        let value = match self.v6.get(&key, 0) {
-            Ok(v) if v.fence_slot == fence_slot => return Ok(()),
-            Ok(v) => EntryValue { fence_slot, ..v },
-            Err(e) if is_enoent(&e) => EntryValue {
-                fence_slot,
-                ..EntryValue::default()
-            },
-            Err(e) => return Err(map_err(MAP_V6)(e)),
-        };
-        self.v6.insert(key, value, 0).map_err(map_err(MAP_V6))
+        upsert_entry(&mut self.v6, MAP_V6, V6Key::new(ip, ifindex), fence_slot)
     }
 
     /// Stops answering for `ip` on `ifindex`. Returns whether it was there.
     pub fn remove_v6(&mut self, ip: Ipv6Addr, ifindex: u32) -> Result<bool, ResponderError> {
-        match self.v6.remove(&V6Key::new(ip, ifindex)) {
-            Ok(()) => Ok(true),
-            Err(e) if is_enoent(&e) => Ok(false),
-            Err(e) => Err(map_err(MAP_V6)(e)),
-        }
+        remove_entry(&mut self.v6, MAP_V6, V6Key::new(ip, ifindex))
     }
 
     /// Inserts or removes `ip` (either family) on `ifindex`: the form the
