@@ -501,6 +501,16 @@ impl Handler<ElectionGroups> for AnnounceActor {
     type Result = ();
     fn handle(&mut self, msg: ElectionGroups, _ctx: &mut Context<Self>) {
         let mut dp = lock(&self.datapath);
+        // Slots recovered at start are keyed by a row's first origin; move
+        // them to the election that origin now belongs to.
+        for (service, election) in &msg.0 {
+            if service != election
+                && !dp.slots.contains_key(election)
+                && let Some(slot) = dp.slots.remove(service)
+            {
+                dp.slots.insert(election.clone(), slot);
+            }
+        }
         dp.groups = msg.0;
         dp.free_unused_slots();
     }
