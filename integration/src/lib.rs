@@ -3,6 +3,7 @@
 pub mod apiserver;
 pub mod controlplane;
 pub mod datapath_lab;
+pub mod lab;
 pub mod netns;
 pub mod pcap;
 pub mod probe;

@@ -34,16 +34,15 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => setup().and_then(|()| test(&args[1..])),
         Some("setup") => setup(),
-        Some("lab") => {
-            Err("`cargo xtask lab` arrives with the lab issue (#6); it is not built yet".into())
-        }
+        Some("lab") => setup().and_then(|()| lab(&args[1..])),
         Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <test|setup|lab|bench> [args]\n  \
                  test [-- cargo test args]   install what is missing, fmt, clippy, all tests\n  \
                  setup                      install the system packages only\n  \
-                 lab                        the virtual LAN demo\n  \
+                 lab [up|down|kill NODE [--signal SIG]|start NODE|exec NODE -- CMD]\n  \
+                                            the virtual LAN demo and its pieces\n  \
                  bench [statedb|datapath]   benchmarks"
             );
             return ExitCode::from(2);
@@ -186,6 +185,25 @@ fn test(extra: &[String]) -> Result {
     t.args(extra);
     run(&mut t)?;
     run(cargo().args(["test", "--workspace", "--doc", "--locked"]))
+}
+
+/// Builds the agent and the lab binary, then runs `target/debug/lab` with
+/// the arguments (none: the full demo). Needs root (namespaces, eBPF).
+fn lab(args: &[String]) -> Result {
+    run(cargo().args(["build", "-p", "l2announcer", "-p", "integration", "--bins"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let status = Command::new(target.join("debug").join("lab"))
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("cannot start the lab: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("lab {} failed with {status}", args.join(" ")))
+    }
 }
 
 fn bench(args: &[String]) -> Result {

@@ -1,0 +1,299 @@
+//! End-to-end tests on the lab (integration::lab): real `l2announcer run`
+//! agents in three node namespaces on a bridge, the test API server, a
+//! client namespace probing ARP (tagged, every request's replies kept),
+//! NDP (ndisc6) and capturing with tcpdump.
+//!
+//! Each test builds its own lab with a unique name (`l2e<pid>-<n>`), and
+//! the Drop of [`Lab`] removes it. The tests of this file run one at a time
+//! (a lock): every lab puts 198.51.100.254 on its bridge in the host
+//! namespace. Needs root and `target/debug/l2announcer` (built by
+//! `cargo build -p l2announcer`, or `cargo xtask test`).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use integration::lab::{
+    self, AnnouncementKind, EXT_SERVICE, EXT_V4, EXT_V6, LB_SERVICE, LB_V4, LB_V6, LEASE_DURATION,
+    Lab, LabConfig, RETRY_PERIOD,
+};
+use integration::netns::parse_mac;
+use integration::probe::monotonic_ns;
+
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn agent_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
+    let bin = target.join("debug/l2announcer");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p l2announcer` first",
+        bin.display()
+    );
+    bin
+}
+
+fn new_lab() -> Lab {
+    Lab::up(&LabConfig::unique(agent_bin())).expect("lab up")
+}
+
+fn mac(lab: &Lab, node: &str) -> [u8; 6] {
+    parse_mac(&lab.state.node(node).expect("node").mac).expect("mac")
+}
+
+fn holder(lab: &Lab, svc: &str, not: Option<&str>) -> String {
+    lab.wait_holder(svc, not, Duration::from_secs(10))
+        .expect("holder")
+}
+
+/// Waits until `n` probes sent after `after` were answered by `mac`.
+fn wait_answers(probe: &lab::ProbeSession, mac: [u8; 6], after: u64, n: usize) {
+    lab::wait_until(
+        "answers",
+        Duration::from_secs(15),
+        Duration::from_millis(10),
+        || {
+            let seen = probe
+                .snapshot()
+                .iter()
+                .filter(|p| p.sent_ns > after && p.replies.iter().any(|r| r.1 == mac))
+                .count();
+            Ok((seen >= n).then_some(()))
+        },
+    )
+    .expect("probe answers");
+}
+
+#[test]
+fn every_vip_is_answered_by_the_lease_holder_only() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = new_lab();
+    for (svc, v4, v6) in [(LB_SERVICE, LB_V4, LB_V6), (EXT_SERVICE, EXT_V4, EXT_V6)] {
+        let h = holder(&lab, svc, None);
+        let want = mac(&lab, &h);
+        let before = lab
+            .state
+            .metric(
+                &h,
+                "l2announcer_responses_sent_total",
+                &[&format!("ip=\"{v4}\"")],
+            )
+            .expect("metrics");
+        // Paced tagged probes: every one answered, by the holder alone.
+        let probe = lab.probe(v4, Duration::from_millis(5)).expect("probe");
+        let t0 = monotonic_ns();
+        wait_answers(&probe, want, t0, 100);
+        let probes = probe.stop(Duration::from_millis(100)).expect("stop");
+        let t = lab::takeover(&probes, want, 0);
+        assert_eq!(t.new_mac, None, "{svc}: another MAC answered {v4}");
+        assert_eq!(t.doubly_answered, 0);
+        assert_eq!(t.unanswered, 0, "{svc}: unanswered probes of {v4}");
+        assert_eq!(
+            lab.arping(v4, 2).expect("arping"),
+            vec![want],
+            "arping {v4}"
+        );
+        for _ in 0..3 {
+            assert_eq!(lab.ndisc(v6).expect("ndisc6"), vec![want], "ndisc6 {v6}");
+        }
+        assert_eq!(
+            lab.client_http(v4.into()).expect("http").trim(),
+            format!("served by {h}")
+        );
+        // The responder's counters reach /metrics (liveness-interval scrape).
+        lab::wait_until(
+            "responses_sent_total to grow",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                let now = lab.state.metric(
+                    &h,
+                    "l2announcer_responses_sent_total",
+                    &[&format!("ip=\"{v4}\"")],
+                )?;
+                Ok((now >= before + 100.0).then_some(now))
+            },
+        )
+        .expect("responses counted");
+        let leases = lab
+            .state
+            .metric(&h, "l2announcer_leases_held", &[])
+            .expect("metrics");
+        assert!(leases >= 1.0, "{h} holds {leases} leases");
+
+        // The tables inside the holder's namespace.
+        let rows = lab.state.statedb(&h, "l2-announce").expect("statedb");
+        for ip in [v4.to_string(), v6.to_string()] {
+            assert!(
+                rows.lines().any(|l| l.starts_with(&format!("{ip} "))
+                    && l.contains("eth0")
+                    && l.contains(svc)),
+                "no l2-announce row for {ip} on {h}:\n{rows}"
+            );
+        }
+        let leases = lab.state.statedb(&h, "leases").expect("statedb");
+        assert!(
+            leases.contains(&format!("cilium-l2announce-default-{svc}")),
+            "leases of {h}:\n{leases}"
+        );
+    }
+    for n in ["node-1", "node-2", "node-3"] {
+        let devices = lab.state.statedb(n, "devices").expect("statedb devices");
+        assert!(
+            devices
+                .lines()
+                .any(|l| l.starts_with("eth0 ") && l.contains(" true ")),
+            "eth0 not selected on {n}:\n{devices}"
+        );
+    }
+    // node-3 is a control-plane node: the example policy leaves it out.
+    let rows = lab.state.statedb("node-3", "l2-announce").expect("statedb");
+    assert!(!rows.contains("192.0.2.10"), "node-3 announces:\n{rows}");
+    lab.down();
+}
+
+#[test]
+fn sigkill_of_the_holder_fails_over_within_the_lease() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = new_lab();
+    let old = holder(&lab, LB_SERVICE, None);
+    let old_mac = mac(&lab, &old);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = lab
+        .capture(&dir.path().join("client.pcap"))
+        .expect("tcpdump");
+    let probe = lab.probe(LB_V4, Duration::from_millis(10)).expect("probe");
+    wait_answers(&probe, old_mac, 0, 10);
+    let t_kill = lab.kill(&old, libc::SIGKILL).expect("kill");
+    let new = holder(&lab, LB_SERVICE, Some(&old));
+    let new_mac = mac(&lab, &new);
+    assert_ne!(new, "node-3", "the policy excludes node-3");
+    wait_answers(&probe, new_mac, t_kill, 30);
+    let probes = probe.stop(Duration::from_millis(200)).expect("stop");
+    let t = lab::takeover(&probes, old_mac, t_kill);
+    let bound = LEASE_DURATION + RETRY_PERIOD + Duration::from_secs(1);
+    let first_new = t.first_new_ns.expect("new MAC answered");
+    assert!(
+        first_new - t_kill <= bound.as_nanos() as u64,
+        "takeover took {} ms",
+        (first_new - t_kill) / 1_000_000
+    );
+    assert_eq!(t.doubly_answered, 0, "two MACs answered one probe");
+    // The killed node's datapath stops answering once its fence expires
+    // (at the latest a lease duration after its last renewal), before the
+    // new holder answers: never both.
+    if let Some(last_old) = t.last_old_ns {
+        assert!(
+            last_old - t_kill <= LEASE_DURATION.as_nanos() as u64,
+            "{old} answered {} ms after SIGKILL",
+            (last_old - t_kill) / 1_000_000
+        );
+        assert!(last_old < first_new, "old MAC answered after the new one");
+    }
+    // Gratuitous ARP and unsolicited NA from the new holder.
+    lab::wait_until(
+        "gratuitous ARP and unsolicited NA",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            let a = capture.announcements(LB_V4, LB_V6)?;
+            let has = |k| {
+                a.iter()
+                    .any(|x| x.kind == k && x.mac == new_mac && x.at_ns > t_kill)
+            };
+            Ok(
+                (has(AnnouncementKind::GratuitousArp) && has(AnnouncementKind::UnsolicitedNa))
+                    .then_some(()),
+            )
+        },
+    )
+    .expect("announcements captured");
+    // The new holder counted the acquisition and the announcements.
+    let acquisitions = lab
+        .state
+        .metric(&new, "l2announcer_lease_acquisitions_total", &[])
+        .expect("metrics");
+    assert!(acquisitions >= 1.0, "no acquisition counted on {new}");
+    lab::wait_until(
+        "gratuitous_sent_total",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let g = lab
+                .state
+                .metric(&new, "l2announcer_gratuitous_sent_total", &[])?;
+            Ok((g > 0.0).then_some(()))
+        },
+    )
+    .expect("gratuitous counted");
+    let takeovers = lab
+        .state
+        .metric(&new, "l2announcer_takeover_latency_seconds_count", &[])
+        .expect("metrics");
+    assert!(takeovers >= 1.0, "no takeover observed by {new}");
+    drop(capture);
+    lab.down();
+}
+
+#[test]
+fn sigterm_hands_over_in_under_a_second() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = new_lab();
+    let old = holder(&lab, LB_SERVICE, None);
+    let old_mac = mac(&lab, &old);
+    let probe = lab.probe(LB_V4, Duration::from_millis(5)).expect("probe");
+    wait_answers(&probe, old_mac, 0, 10);
+    let t_term = lab.kill(&old, libc::SIGTERM).expect("kill");
+    let new = holder(&lab, LB_SERVICE, Some(&old));
+    let new_mac = mac(&lab, &new);
+    wait_answers(&probe, new_mac, t_term, 20);
+    let probes = probe.stop(Duration::from_millis(100)).expect("stop");
+    let t = lab::takeover(&probes, old_mac, t_term);
+    let first_new = t.first_new_ns.expect("new MAC answered");
+    assert!(
+        first_new - t_term < 1_000_000_000,
+        "handover took {} ms",
+        (first_new - t_term) / 1_000_000
+    );
+    assert_eq!(t.doubly_answered, 0, "two MACs answered one probe");
+    lab.down();
+}
+
+// Fails today: the restarted agent's datapath stops answering for ~100 ms
+// about 140 ms after it starts (while it loads/attaches the responder).
+// Run with `--ignored` once the agent keeps the responder through a restart.
+#[test]
+#[ignore = "agent restart leaves a ~100 ms ARP gap while the datapath reloads"]
+fn restarting_the_holder_within_the_lease_leaves_no_gap() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = new_lab();
+    let h = holder(&lab, LB_SERVICE, None);
+    let h_mac = mac(&lab, &h);
+    let probe = lab.probe(LB_V4, Duration::from_millis(10)).expect("probe");
+    wait_answers(&probe, h_mac, 0, 10);
+    let t_kill = lab.kill(&h, libc::SIGKILL).expect("kill");
+    let t_start = monotonic_ns();
+    lab.start(&h).expect("start");
+    lab.wait_ready(&h, Duration::from_secs(10)).expect("ready");
+    // Probe on past the old lease's and fence's expiry.
+    let settle = t_kill + (LEASE_DURATION + Duration::from_secs(1)).as_nanos() as u64;
+    wait_answers(&probe, h_mac, settle, 20);
+    let probes = probe.stop(Duration::from_millis(200)).expect("stop");
+    let t = lab::takeover(&probes, h_mac, t_kill);
+    let gaps: Vec<String> = probes
+        .iter()
+        .filter(|p| p.sent_ns >= t_kill && p.replies.is_empty())
+        .map(|p| format!("{:.1}", (p.sent_ns - t_kill) as f64 / 1e6))
+        .collect();
+    assert_eq!(
+        t.unanswered,
+        0,
+        "probes went unanswered across the restart (ms after SIGKILL, restart at {:.1} ms): {gaps:?} {t:?}",
+        (t_start - t_kill) as f64 / 1e6
+    );
+    assert_eq!(t.new_mac, None, "another node answered: {t:?}");
+    assert_eq!(lab.holder(LB_SERVICE).expect("lease"), Some(h.clone()));
+    lab.down();
+}
