@@ -77,15 +77,25 @@ impl Cluster {
             "metadata": {"name": name}, "spec": spec
         }))
         .expect("policy");
-        match self.rt.block_on(api.get_opt(name)).expect("get policy") {
-            Some(mut existing) => {
-                existing.spec = obj.spec;
-                self.rt
-                    .block_on(api.replace(name, &PostParams::default(), &existing))
+        // The agents patch the status concurrently, so a get + replace can
+        // meet a 409 Conflict: get the latest version and try again, as
+        // every Kubernetes client does.
+        for _ in 0..20 {
+            let written = match self.rt.block_on(api.get_opt(name)).expect("get policy") {
+                Some(mut existing) => {
+                    existing.spec = obj.spec.clone();
+                    self.rt
+                        .block_on(api.replace(name, &PostParams::default(), &existing))
+                }
+                None => self.rt.block_on(api.create(&PostParams::default(), &obj)),
+            };
+            match written {
+                Ok(_) => return,
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => panic!("write policy: {e}"),
             }
-            None => self.rt.block_on(api.create(&PostParams::default(), &obj)),
         }
-        .expect("write policy");
+        panic!("write policy: 20 conflicts in a row");
     }
 
     fn get_policy(&self, name: &str) -> CiliumL2AnnouncementPolicy {
