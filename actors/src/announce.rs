@@ -101,6 +101,10 @@ impl Datapath {
         &self.responder
     }
 
+    pub fn responder_mut(&mut self) -> &mut Responder {
+        &mut self.responder
+    }
+
     /// Takes over the slot assignment of a previous run from the pinned
     /// maps, so that a restarted agent never resets a fence that entries
     /// still answer under. `rows` are the persisted `l2-announce` rows and
@@ -157,9 +161,22 @@ impl Datapath {
     }
 
     /// Frees the slots of elections that are gone and have no entries.
+    ///
+    /// "No entries" counts what the pinned maps hold, not only what this run
+    /// inserted: after a restart the maps still answer under the slots of
+    /// the previous run until the first full pass re-inserts or prunes
+    /// them, and clearing such a slot's fence would silence a held lease.
     fn free_unused_slots(&mut self) {
         let live: BTreeSet<&String> = self.groups.values().collect();
-        let used: BTreeSet<u32> = self.entries.values().copied().collect();
+        let mut used: BTreeSet<u32> = self.entries.values().copied().collect();
+        match self.responder.list() {
+            Ok(in_maps) => used.extend(in_maps.iter().map(|e| e.fence_slot)),
+            Err(e) => {
+                // Without knowing what the maps hold, keep every slot.
+                warn!(error = %e, "listing responder entries; keeping fence slots");
+                return;
+            }
+        }
         let gone: Vec<String> = self
             .slots
             .iter()
@@ -174,6 +191,28 @@ impl Datapath {
                 self.free_slots.push(slot);
             }
         }
+    }
+
+    /// Takes the ServiceActor's Service -> election key map; frees the
+    /// slots of elections that are gone.
+    pub fn set_groups(&mut self, groups: BTreeMap<String, String>) {
+        // Slots recovered at start are keyed by a row's first origin; move
+        // them to the election that origin now belongs to.
+        for (service, election) in &groups {
+            if service != election
+                && !self.slots.contains_key(election)
+                && let Some(slot) = self.slots.remove(service)
+            {
+                self.slots.insert(election.clone(), slot);
+            }
+        }
+        self.groups = groups;
+        self.free_unused_slots();
+    }
+
+    /// The fence slot assigned to an election, if any.
+    pub fn slot_of(&self, election: &str) -> Option<u32> {
+        self.slots.get(election).copied()
     }
 
     /// Sets the fence of an election's slot to `until` (monotonic clock).
@@ -500,18 +539,6 @@ impl Handler<Renewed> for AnnounceActor {
 impl Handler<ElectionGroups> for AnnounceActor {
     type Result = ();
     fn handle(&mut self, msg: ElectionGroups, _ctx: &mut Context<Self>) {
-        let mut dp = lock(&self.datapath);
-        // Slots recovered at start are keyed by a row's first origin; move
-        // them to the election that origin now belongs to.
-        for (service, election) in &msg.0 {
-            if service != election
-                && !dp.slots.contains_key(election)
-                && let Some(slot) = dp.slots.remove(service)
-            {
-                dp.slots.insert(election.clone(), slot);
-            }
-        }
-        dp.groups = msg.0;
-        dp.free_unused_slots();
+        lock(&self.datapath).set_groups(msg.0);
     }
 }
