@@ -33,6 +33,28 @@ const TICK: Duration = Duration::from_millis(50);
 /// How often released, unclaimed leases are garbage collected.
 pub const GC_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Lease renewals per second that `held` leases need: each is renewed
+/// once per retry period (as client-go's leader election does).
+pub fn renewal_rate(held: usize, timing: &LeaseTiming) -> f64 {
+    held as f64 / timing.retry_period.as_secs_f64().max(f64::EPSILON)
+}
+
+/// A warning when holding `held` leases needs more requests per second than
+/// the client's rate limit grants: renewals then queue behind the limiter,
+/// miss the renew deadline and the leases flap between nodes.
+pub fn sizing_warning(held: usize, timing: &LeaseTiming, qps: f64) -> Option<String> {
+    let need = renewal_rate(held, timing);
+    (need > qps).then(|| {
+        format!(
+            "{held} leases renewed every {:?} need {need:.1} requests/s, more than \
+             --k8s-client-qps {qps}: renewals will be throttled and leases may flap; \
+             raise --k8s-client-qps (and --k8s-client-burst) to at least {}",
+            timing.retry_period,
+            need.ceil()
+        )
+    })
+}
+
 /// Receives lease events for the metrics.
 pub trait LeaseObserver: Send + Sync {
     fn acquired(&self, _service: &str, _takeover: Option<Duration>) {}
@@ -78,6 +100,10 @@ pub struct LeaseActor {
     /// When each lease was last seen changing, for garbage collection.
     changed_at: BTreeMap<String, Instant>,
     gc_interval: Duration,
+    /// The client's rate limit, for the sizing warning.
+    client_qps: Option<f64>,
+    /// The largest number of held leases already warned about.
+    warned_at: usize,
 }
 
 impl LeaseActor {
@@ -107,7 +133,16 @@ impl LeaseActor {
             last_foreign_renewal: BTreeMap::new(),
             changed_at: BTreeMap::new(),
             gc_interval: GC_INTERVAL,
+            client_qps: None,
+            warned_at: 0,
         })
+    }
+
+    /// Warns (once per new high) when the held leases need more renewals
+    /// per second than `qps` allows.
+    pub fn with_client_qps(mut self, qps: f64) -> Self {
+        self.client_qps = Some(qps);
+        self
     }
 
     /// Collects released leases every `interval` instead of once a minute.
@@ -216,6 +251,14 @@ impl LeaseActor {
             let takeover = self.last_foreign_renewal.remove(name).map(|t| t.elapsed());
             info!(service = %service, lease = %name, "acquired lease, announcing");
             self.observer.acquired(&service, takeover);
+            let held = self.held_count();
+            if held > self.warned_at
+                && let Some(qps) = self.client_qps
+                && let Some(message) = sizing_warning(held, &self.timing, qps)
+            {
+                self.warned_at = held;
+                warn!("{message}");
+            }
         } else {
             info!(service = %service, lease = %name, reason, "lost lease, no longer announcing");
             self.observer.lost(&service, reason);
@@ -600,5 +643,36 @@ impl Handler<ReleaseAll> for LeaseActor {
             futures::future::join_all(releases).await;
         };
         Box::pin(all.into_actor(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing(retry_ms: u64) -> LeaseTiming {
+        LeaseTiming {
+            lease_duration: Duration::from_secs(3),
+            renew_deadline: Duration::from_secs(1),
+            retry_period: Duration::from_millis(retry_ms),
+        }
+    }
+
+    #[test]
+    fn renewals_per_second_follow_the_retry_period() {
+        assert_eq!(renewal_rate(0, &timing(200)), 0.0);
+        assert_eq!(renewal_rate(1, &timing(200)), 5.0);
+        assert_eq!(renewal_rate(13, &timing(2000)), 6.5);
+    }
+
+    #[test]
+    fn warns_only_when_renewals_exceed_the_rate_limit() {
+        assert_eq!(sizing_warning(1, &timing(200), 5.0), None);
+        let w = sizing_warning(2, &timing(200), 5.0).expect("2 leases at 200ms need 10/s");
+        assert!(w.contains("need 10.0 requests/s"), "{w}");
+        assert!(w.contains("--k8s-client-qps 5"), "{w}");
+        assert!(w.contains("at least 10"), "{w}");
+        assert_eq!(sizing_warning(10, &timing(2000), 5.0), None);
+        assert!(sizing_warning(11, &timing(2000), 5.0).is_some());
     }
 }

@@ -153,6 +153,7 @@ async fn start_actors(
         announce.clone().recipient(),
         metrics.clone(),
     )?
+    .with_client_qps(config.k8s_client_qps)
     .start();
     let announce_observers = Fanout(vec![
         metrics.clone(),
