@@ -1002,37 +1002,16 @@ fn build_topology(s: &LabState) -> Result<(), LabError> {
         ] {
             sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", sysctl])?;
         }
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{}/24", n.v4),
-            "dev",
-            "eth0",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{}/64", n.v6),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{}/24", n.mgmt),
-            "dev",
-            "eth0",
-        ])?;
+        // No DAD for the IPv6 address, so it is usable at once.
+        for (addr, extra) in [
+            (format!("{}/24", n.v4), None),
+            (format!("{}/64", n.v6), Some("nodad")),
+            (format!("{}/24", n.mgmt), None),
+        ] {
+            let mut args = vec!["ip", "-n", ns, "addr", "add", &addr, "dev", "eth0"];
+            args.extend(extra);
+            sh(&args)?;
+        }
         for vip in [format!("{LB_V4}/32"), format!("{EXT_V4}/32")] {
             sh(&["ip", "-n", ns, "addr", "add", &vip, "dev", "lo"])?;
         }
@@ -1366,6 +1345,35 @@ impl Capture {
             }
         }
         Ok(out)
+    }
+
+    /// Waits up to `timeout` until both a gratuitous ARP for `vip` and an
+    /// unsolicited NA for `vip6` from `mac` later than `after_ns` are in the
+    /// capture; every announcement seen by then.
+    pub fn wait_announced(
+        &self,
+        vip: Ipv4Addr,
+        vip6: Ipv6Addr,
+        mac: [u8; 6],
+        after_ns: u64,
+        timeout: Duration,
+    ) -> Result<Vec<Announcement>, LabError> {
+        wait_until(
+            "gratuitous ARP and unsolicited NA in the capture",
+            timeout,
+            Duration::from_millis(50),
+            || {
+                let a = self.announcements(vip, vip6)?;
+                let has = |k| {
+                    a.iter()
+                        .any(|x| x.kind == k && x.mac == mac && x.at_ns > after_ns)
+                };
+                Ok(
+                    (has(AnnouncementKind::GratuitousArp) && has(AnnouncementKind::UnsolicitedNa))
+                        .then_some(a),
+                )
+            },
+        )
     }
 }
 

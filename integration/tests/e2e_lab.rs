@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use integration::lab::{
-    self, AnnouncementKind, EXT_SERVICE, EXT_V4, EXT_V6, LB_SERVICE, LB_V4, LB_V6, LEASE_DURATION,
-    Lab, LabConfig, RETRY_PERIOD,
+    self, EXT_SERVICE, EXT_V4, EXT_V6, LB_SERVICE, LB_V4, LB_V6, LEASE_DURATION, Lab, LabConfig,
+    RETRY_PERIOD,
 };
 use integration::netns::parse_mac;
 use integration::probe::monotonic_ns;
@@ -193,23 +193,9 @@ fn sigkill_of_the_holder_fails_over_within_the_lease() {
         assert!(last_old < first_new, "old MAC answered after the new one");
     }
     // Gratuitous ARP and unsolicited NA from the new holder.
-    lab::wait_until(
-        "gratuitous ARP and unsolicited NA",
-        Duration::from_secs(5),
-        Duration::from_millis(50),
-        || {
-            let a = capture.announcements(LB_V4, LB_V6)?;
-            let has = |k| {
-                a.iter()
-                    .any(|x| x.kind == k && x.mac == new_mac && x.at_ns > t_kill)
-            };
-            Ok(
-                (has(AnnouncementKind::GratuitousArp) && has(AnnouncementKind::UnsolicitedNa))
-                    .then_some(()),
-            )
-        },
-    )
-    .expect("announcements captured");
+    capture
+        .wait_announced(LB_V4, LB_V6, new_mac, t_kill, Duration::from_secs(5))
+        .expect("announcements captured");
     // The new holder counted the acquisition and the announcements.
     let acquisitions = lab
         .state

@@ -371,22 +371,7 @@ fn demo() -> Result<u8, LabError> {
     wait_answered_after(&probe, new_mac, t_kill, 50)?;
     let probes = probe.stop(Duration::from_millis(200))?;
     let tk = lab::takeover(&probes, old_mac, t_kill.saturating_sub(200_000_000));
-    let ann = lab::wait_until(
-        "gratuitous ARP in the capture",
-        Duration::from_secs(5),
-        Duration::from_millis(50),
-        || {
-            let a = capture.announcements(LB_V4, LB_V6)?;
-            let has = |k| {
-                a.iter()
-                    .any(|x| x.kind == k && x.mac == new_mac && x.at_ns > t_kill)
-            };
-            Ok(
-                (has(AnnouncementKind::GratuitousArp) && has(AnnouncementKind::UnsolicitedNa))
-                    .then_some(a),
-            )
-        },
-    );
+    let ann = capture.wait_announced(LB_V4, LB_V6, new_mac, t_kill, Duration::from_secs(5));
     println!("   takeover timeline (t=0: SIGKILL of {old}):");
     println!("   {}  SIGKILL {old}", ms(t_kill, t_kill));
     print_timeline(&tk, &ann, t_kill, new_mac, &old, &new, Some(t_lease));
