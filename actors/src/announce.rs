@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bpf::{AttachMode, AttachedLink, Responder, ResponderError};
 use statedb::{Table, Target};
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::devices::{DEVICES, DeviceRow};
@@ -438,13 +439,54 @@ impl ResponderTarget {
     }
 }
 
+/// The reconciler over `l2-announce`, woken for a full pass whenever the
+/// `devices` table changes: rows waiting for an interface are pushed as
+/// soon as it appears, and entries follow an interface that was recreated
+/// under a new index.
+pub struct AnnounceReconciler {
+    reconciler: statedb::Reconciler<L2AnnounceRow, ResponderTarget>,
+    devices: statedb::Changes<DeviceRow>,
+    trigger: Arc<Notify>,
+}
+
+impl AnnounceReconciler {
+    /// Runs until `shutdown` resolves (see [`statedb::Reconciler::run`]).
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), statedb::Error> {
+        let AnnounceReconciler {
+            reconciler,
+            mut devices,
+            trigger,
+        } = self;
+        let watch = async move {
+            loop {
+                devices.wait().await;
+                match devices.next_batch() {
+                    Ok(batch) if batch.is_empty() => {}
+                    Ok(_) => trigger.notify_one(),
+                    Err(e) => {
+                        warn!(error = %e, "reading device changes; rows waiting for an interface are retried on their backoff only");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            result = reconciler.run(shutdown) => result,
+            () = watch => Ok(()),
+        }
+    }
+}
+
 /// Builds the reconciler over `l2-announce` for this datapath.
 pub fn reconciler(
     db: &statedb::Db,
     datapath: Arc<Mutex<Datapath>>,
     gratuitous: GratuitousConfig,
     observer: Arc<dyn DatapathObserver>,
-) -> Result<statedb::Reconciler<L2AnnounceRow, ResponderTarget>, statedb::Error> {
+) -> Result<AnnounceReconciler, statedb::Error> {
     let table = Table::open(db, L2_ANNOUNCE)?;
     let devices = Table::open(db, DEVICES)?;
     let rows: Vec<L2AnnounceRow> = table.list(db)?.into_iter().map(|e| e.row).collect();
@@ -465,13 +507,19 @@ pub fn reconciler(
         gratuitous,
         observer,
     };
-    // Rows waiting for a device are retried at least every 2 s: device
-    // changes do not wake the reconciler by themselves.
+    // Device changes trigger a full pass; the capped backoff is a backstop.
     let config = statedb::ReconcilerConfig {
         retry_max: Duration::from_secs(2),
         ..Default::default()
     };
-    Ok(statedb::Reconciler::new(db, &table, target, config))
+    let trigger = Arc::new(Notify::new());
+    let device_changes = target.devices.changes(db);
+    Ok(AnnounceReconciler {
+        reconciler: statedb::Reconciler::new(db, &table, target, config)
+            .with_full_trigger(trigger.clone()),
+        devices: device_changes,
+        trigger,
+    })
 }
 
 /// The actor: fences, liveness, election groups.

@@ -403,9 +403,16 @@ fn status_is_error_for_an_unknown_interface_until_it_appears() {
         .renewed(SERVICE, Instant::now() + Duration::from_secs(60))
         .expect("renewed");
     f.agent.upsert(ip, "eth1", &[SERVICE]).expect("upsert");
+    // Let the retries back off to their cap (2 s) first, so that only the
+    // device table waking the reconciler can make it quick below.
     let row = f
         .agent
-        .wait_status(ip, "eth1", WAIT, |s| matches!(s, Status::Error { .. }))
+        .wait_status(
+            ip,
+            "eth1",
+            WAIT,
+            |s| matches!(s, Status::Error { attempts, .. } if *attempts >= 5),
+        )
         .expect("error status");
     let Status::Error { message, .. } = &row.status else {
         unreachable!("waited for an error");
@@ -416,14 +423,68 @@ fn status_is_error_for_an_unknown_interface_until_it_appears() {
     f.lab
         .add_pair("eth1", eth1_mac, "veth1", [0x02, 0xc0, 0, 0, 0, 0x02])
         .expect("second veth");
+    let added = Instant::now();
     f.agent
         .wait_status(ip, "eth1", WAIT, |s| *s == Status::Done)
         .expect("done once eth1 exists");
+    assert!(
+        added.elapsed() < Duration::from_millis(1000),
+        "the row waited {:?} for eth1 after it appeared",
+        added.elapsed()
+    );
     let prober = f.prober("veth1");
     assert_eq!(probe_once(&prober, v4), Some(eth1_mac));
     // Nothing answers it on eth0.
     let other = f.prober("veth0");
     assert_eq!(probe_once(&other, v4), None);
+}
+
+#[test]
+fn a_recreated_interface_is_answered_again_at_once() {
+    let f = Fixture::new(AgentConfig {
+        gratuitous: once(),
+        ..AgentConfig::default()
+    });
+    let v4 = Ipv4Addr::new(192, 0, 2, 12);
+    let ip: IpAddr = v4.into();
+    let eth1_mac = [0x02, 0xa0, 0, 0, 0, 0x03];
+    let veth1_mac = [0x02, 0xc0, 0, 0, 0, 0x03];
+    f.lab
+        .add_pair("eth1", eth1_mac, "veth1", veth1_mac)
+        .expect("eth1");
+    let before = f.agent.wait_device("eth1", WAIT).expect("eth1 row").index;
+    f.agent
+        .renewed(SERVICE, Instant::now() + Duration::from_secs(60))
+        .expect("renewed");
+    f.agent.upsert(ip, "eth1", &[SERVICE]).expect("upsert");
+    f.agent
+        .wait_status(ip, "eth1", WAIT, |s| *s == Status::Done)
+        .expect("done");
+    assert_eq!(probe_once(&f.prober("veth1"), v4), Some(eth1_mac));
+
+    // Same name, new index: the row stays done, only the device changed.
+    f.lab
+        .agent
+        .ip(&["link", "del", "eth1"])
+        .expect("delete eth1");
+    f.lab
+        .add_pair("eth1", eth1_mac, "veth1", veth1_mac)
+        .expect("eth1 again");
+    let after = wait_for(WAIT, "eth1 under a new index", || {
+        f.agent
+            .wait_device("eth1", WAIT)
+            .ok()
+            .map(|d| d.index)
+            .filter(|i| *i != before)
+    })
+    .expect("new index");
+    let recreated = Instant::now();
+    wait_for(Duration::from_secs(1), "entry on the new index", || {
+        f.agent.entry(ip, after).ok().flatten()
+    })
+    .unwrap_or_else(|e| panic!("{e} ({:?} after the device row)", recreated.elapsed()));
+    assert_eq!(f.agent.entry(ip, before).expect("entry"), None);
+    assert_eq!(probe_once(&f.prober("veth1"), v4), Some(eth1_mac));
 }
 
 /// The ICMPv6 checksum over the pseudo-header and `msg` is valid.

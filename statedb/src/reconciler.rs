@@ -18,9 +18,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 use crate::table::{Changes, Row, Table};
 use crate::{Db, Error, Revision};
@@ -161,6 +163,9 @@ pub struct Reconciler<R: Reconcilable, T: Target<R>> {
     retries: HashMap<Vec<u8>, Retry<R>>,
     /// Attempts and due time of a failed prune, retried as a full pass.
     prune_retry: Option<(u32, Instant)>,
+    /// Fired by the owner when something the target depends on changed
+    /// (not the table itself): [`run`](Self::run) then does a full pass.
+    full_trigger: Option<Arc<Notify>>,
 }
 
 impl<R: Reconcilable, T: Target<R>> Reconciler<R, T> {
@@ -175,7 +180,16 @@ impl<R: Reconcilable, T: Target<R>> Reconciler<R, T> {
             config,
             retries: HashMap::new(),
             prune_retry: None,
+            full_trigger: None,
         }
+    }
+
+    /// Makes [`run`](Self::run) do a full pass whenever `trigger` is
+    /// notified, e.g. when a table the target reads from changes. Several
+    /// notifications during one pass cause one more pass, not several.
+    pub fn with_full_trigger(mut self, trigger: Arc<Notify>) -> Self {
+        self.full_trigger = Some(trigger);
+        self
     }
 
     pub fn target(&self) -> &T {
@@ -311,21 +325,30 @@ impl<R: Reconcilable, T: Target<R>> Reconciler<R, T> {
         Ok(round)
     }
 
-    /// Runs until `shutdown` resolves: a full pass at start and every
-    /// `full_interval`, an incremental step on every change and when a
-    /// retry is due. Returns early only on a database error.
+    /// Runs until `shutdown` resolves: a full pass at start, every
+    /// `full_interval` and when the [full trigger](Self::with_full_trigger)
+    /// fires, an incremental step on every change and when a retry is due.
+    /// Returns early only on a database error.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let mut shutdown = std::pin::pin!(shutdown);
         tracing::debug!(table = self.table.name(), "reconciler started");
+        let trigger = self.full_trigger.clone();
         self.reconcile_full()?;
         self.reconcile_incremental()?;
         let mut next_full = Instant::now() + self.config.full_interval;
         loop {
             let wake = self.next_retry().map_or(next_full, |r| r.min(next_full));
+            let triggered = async {
+                match &trigger {
+                    Some(t) => t.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.changes.wait() => {}
                 _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = triggered => next_full = Instant::now(),
             }
             if Instant::now() >= next_full {
                 self.reconcile_full()?;

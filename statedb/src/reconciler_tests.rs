@@ -326,3 +326,64 @@ async fn run_reconciles_until_shutdown() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn full_trigger_runs_a_full_pass() {
+    let db = Db::open_temporary().unwrap();
+    let t = Table::open(&db, ENTRIES).unwrap();
+    put(&db, &t, "a", 1);
+    put(&db, &t, "b", 2);
+    let target = MapTarget::default();
+    target.state().failing.insert("b".into());
+    let trigger = Arc::new(tokio::sync::Notify::new());
+    // Retries and the periodic pass are an hour away: only the trigger
+    // can make the reconciler look at the target again.
+    let slow = ReconcilerConfig {
+        full_interval: Duration::from_secs(3600),
+        retry_min: Duration::from_secs(3600),
+        retry_max: Duration::from_secs(3600),
+    };
+    let rec = Reconciler::new(&db, &t, target.clone(), slow).with_full_trigger(trigger.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(rec.run(async {
+        let _ = stopped.await;
+    }));
+    let deadline = Duration::from_secs(10);
+    let wait_prunes = |n: usize| {
+        let target = target.clone();
+        async move {
+            tokio::time::timeout(deadline, async {
+                while target.state().prunes < n {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no full pass number {n}"));
+        }
+    };
+    wait_prunes(1).await;
+    assert!(!target.state().map.contains_key("b"));
+    // Something outside the table changed: the target gained a stray entry
+    // and what the failed row waited for appeared.
+    target.state().map.insert("stray".into(), 9);
+    target.state().failing.clear();
+    trigger.notify_one();
+    wait_prunes(2).await;
+    tokio::time::timeout(deadline, async {
+        while status(&db, &t, "b") != Status::Done {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("b reconciled after the trigger");
+    assert!(!target.state().map.contains_key("stray"));
+    assert_eq!(target.state().map.get("a"), Some(&1));
+    assert_eq!(target.state().map.get("b"), Some(&2));
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(deadline, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
