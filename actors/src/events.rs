@@ -113,7 +113,11 @@ pub fn note(node: &str, announcing: bool, entries: &Candidacy, dropped: u32) -> 
             ifaces.join(", ")
         )
     } else {
-        format!("node {node} stopped announcing")
+        format!(
+            "node {node} stopped announcing {} on {}",
+            ips.join(", "),
+            ifaces.join(", ")
+        )
     };
     if dropped > 0 {
         text.push_str(&format!(" ({dropped} earlier changes not reported)"));
@@ -156,6 +160,7 @@ async fn publish(recorder: Recorder, node: String, mut rx: mpsc::UnboundedReceiv
             kind: Some("Service".to_string()),
             namespace: Some(change.service.namespace.clone()),
             name: Some(change.service.name.clone()),
+            uid: Some(change.service.uid.clone()).filter(|u| !u.is_empty()),
             ..Default::default()
         };
         if let Err(e) = recorder.publish(&event, &reference).await {
@@ -208,8 +213,9 @@ mod tests {
             "node node-1 announces 192.0.2.10, 2001:db8::10 on eth0"
         );
         assert_eq!(
-            note("node-1", false, &Candidacy::default(), 3),
-            "node node-1 stopped announcing (3 earlier changes not reported)"
+            note("node-1", false, &entries, 3),
+            "node node-1 stopped announcing 192.0.2.10, 2001:db8::10 on eth0 \
+             (3 earlier changes not reported)"
         );
     }
 }

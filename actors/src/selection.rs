@@ -15,6 +15,9 @@ pub const L2_ANNOUNCER_CLASS: &str = "io.cilium/l2-announcer";
 pub struct ServiceView {
     pub namespace: String,
     pub name: String,
+    /// `metadata.uid`: Events name the Service by it, as `kubectl
+    /// describe` looks them up by uid.
+    pub uid: String,
     pub labels: BTreeMap<String, String>,
     pub load_balancer_class: Option<String>,
     pub external_ips: Vec<IpAddr>,

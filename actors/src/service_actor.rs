@@ -81,8 +81,9 @@ pub struct ServiceActor {
     /// rows a previous run left for them are kept: a restarted holder
     /// keeps answering while it renews its lease.
     decided: BTreeSet<String>,
-    /// Services this node announces now, for start/stop reports.
-    announcing: BTreeSet<String>,
+    /// Services this node announces now and what it announces of them,
+    /// for start/stop reports.
+    announcing: BTreeMap<String, (ServiceView, Candidacy)>,
     lease: Recipient<Campaign>,
     withdraw: Recipient<Withdraw>,
     groups: Recipient<ElectionGroups>,
@@ -118,7 +119,7 @@ impl ServiceActor {
             elections: BTreeMap::new(),
             leading: BTreeSet::new(),
             decided: BTreeSet::new(),
-            announcing: BTreeSet::new(),
+            announcing: BTreeMap::new(),
             lease,
             withdraw,
             groups,
@@ -275,24 +276,26 @@ impl ServiceActor {
         } else if let Err(e) = txn.commit() {
             warn!(error = %e, "committing l2-announce");
         }
-        for svc in now_announcing.difference(&self.announcing) {
+        for svc in &now_announcing {
             if let (Some(view), Some(c)) = (self.services.get(svc), self.candidacies.get(svc)) {
-                self.observer.announcing(view, true, c);
+                let now = (view.clone(), c.clone());
+                if self.announcing.insert(svc.clone(), now).is_none() {
+                    self.observer.announcing(view, true, c);
+                }
             }
         }
-        for svc in self.announcing.difference(&now_announcing) {
-            let view = self.services.get(svc).cloned().unwrap_or_else(|| {
-                let (namespace, name) = svc.split_once('/').unwrap_or(("", svc));
-                ServiceView {
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    ..Default::default()
-                }
-            });
-            self.observer
-                .announcing(&view, false, &Candidacy::default());
+        let stopped: Vec<String> = self
+            .announcing
+            .keys()
+            .filter(|svc| !now_announcing.contains(*svc))
+            .cloned()
+            .collect();
+        for svc in stopped {
+            // What was announced, also when the Service is gone by now.
+            if let Some((view, c)) = self.announcing.remove(&svc) {
+                self.observer.announcing(&view, false, &c);
+            }
         }
-        self.announcing = now_announcing;
     }
 
     fn write_policy_rows(&self, node: &NodeView) {
@@ -381,6 +384,7 @@ pub fn service_view(svc: &Service) -> ServiceView {
     ServiceView {
         namespace: svc.namespace().unwrap_or_default(),
         name: svc.name_any(),
+        uid: svc.uid().unwrap_or_default(),
         labels: svc.labels().clone(),
         load_balancer_class: spec.load_balancer_class.clone(),
         external_ips: spec

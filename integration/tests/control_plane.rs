@@ -675,3 +675,78 @@ fn rbac_grants_exactly_what_the_agent_uses() {
         "grants the agent never used (remove them): {not_used:?}"
     );
 }
+
+/// `kubectl describe service` output, through a kubeconfig for `cluster`.
+fn describe_service(cluster: &Cluster, kubeconfig: &std::path::Path, name: &str) -> String {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["describe", "service", name, "-n", "default"])
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl describe against {}: {}",
+        cluster.url(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn kubectl_describe_service_shows_announcement_events() {
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    cluster
+        .server
+        .write_kubeconfig(&kubeconfig)
+        .expect("kubeconfig");
+    cluster.node("node-a", json!({}));
+    cluster.policy(
+        "p",
+        json!({"loadBalancerIPs": true, "interfaces": ["^eth0$"]}),
+    );
+    cluster.service("web", json!({}), &["192.0.2.10"]);
+    let node =
+        ControlPlaneNode::start(&cluster.url(), NodeOptions::new("node-a", FAST)).expect("node");
+    let web = vec!["default/web".to_string()];
+    wait_for("web announced", Duration::from_secs(10), || {
+        announcers(std::slice::from_ref(&node), &web)
+    })
+    .expect("announced");
+    let shown = wait_for(
+        "the start event in describe",
+        Duration::from_secs(10),
+        || {
+            let text = describe_service(&cluster, &kubeconfig, "web");
+            text.contains("L2AnnouncementStarted").then_some(text)
+        },
+    )
+    .expect("started event");
+    assert!(
+        shown.contains("node node-a announces 192.0.2.10 on eth0"),
+        "{shown}"
+    );
+    assert!(shown.contains("l2announcer"), "no source: {shown}");
+
+    // The policy stops selecting eth0: the stop event names what was announced.
+    cluster.policy(
+        "p",
+        json!({"loadBalancerIPs": true, "interfaces": ["^wlan$"]}),
+    );
+    let shown = wait_for(
+        "the stop event in describe",
+        Duration::from_secs(10),
+        || {
+            let text = describe_service(&cluster, &kubeconfig, "web");
+            text.contains("L2AnnouncementStopped").then_some(text)
+        },
+    )
+    .expect("stopped event");
+    assert!(
+        shown.contains("node node-a stopped announcing 192.0.2.10 on eth0"),
+        "{shown}"
+    );
+    drop(node);
+}

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use super::discovery::{self, OutputForm};
+use super::events;
 use super::faults::{ClientId, ClientMatch, FaultRule, Faults, RequestRecord, Verdict, now_ms};
 use super::patch::{json_patch, merge_patch, strip_strategic_directives};
 use super::resources::ResourceInfo;
@@ -697,6 +698,43 @@ fn check_kind(res: &ResourceInfo, version: &str, obj: &Value) -> Result<(), ApiS
 }
 
 async fn resource_request(
+    ctx: &Ctx,
+    p: ResourcePath,
+    verb: &str,
+    body: Bytes,
+) -> Result<Reply, ApiStatus> {
+    let ns = p.namespace.clone().unwrap_or_default();
+    let url_name = p.name.clone().unwrap_or_default();
+    let events_v1 = ctx
+        .shared
+        .store()
+        .resource(&p.group, &p.plural)
+        .is_some_and(|r| events::is_events_v1(&r));
+    let reply = resource_request_inner(ctx, p, verb, body).await?;
+    if events_v1 && matches!(verb, "create" | "update" | "patch" | "delete") {
+        // The name: from the URL, or the created object's (generateName).
+        let name = match &reply {
+            Reply::Json(_, obj, _) if url_name.is_empty() => obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            _ => url_name,
+        };
+        let mut store = ctx.shared.store();
+        if let Some(res) = store.resource("events.k8s.io", "events") {
+            let now = match store.get(&res, &ns, &name) {
+                Ok(obj) => Some(obj),
+                Err(e) if e.code == 404 => None,
+                Err(e) => return Err(e),
+            };
+            events::mirror(&mut store, &ns, &name, now.as_deref())?;
+        }
+    }
+    Ok(reply)
+}
+
+async fn resource_request_inner(
     ctx: &Ctx,
     p: ResourcePath,
     verb: &str,

@@ -54,10 +54,13 @@
 //! like a merge patch, without field ownership or conflicts), dryRun (rejected with 400), graceful pod
 //! deletion, namespace Terminating phase (deleting a namespace deletes its
 //! objects at once), version conversion for CRDs with several versions
-//! (objects are relabelled, not converted), CEL validation, core/v1 and
-//! events.k8s.io/v1 Events share no storage.
+//! (objects are relabelled, not converted), CEL validation. core/v1 and
+//! events.k8s.io/v1 Events are two stores: writes of events.k8s.io/v1
+//! Events are mirrored, converted, into core/v1 (so `kubectl describe`
+//! shows them), not the other way round.
 
 mod discovery;
+mod events;
 mod faults;
 mod http;
 mod patch;
