@@ -7,3 +7,4 @@ pub mod lab;
 pub mod netns;
 pub mod pcap;
 pub mod probe;
+pub mod prom;

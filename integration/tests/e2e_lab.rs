@@ -9,6 +9,7 @@
 //! namespace. Needs root and `target/debug/l2announcer` (built by
 //! `cargo build -p l2announcer`, or `cargo xtask test`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use integration::lab::{
 };
 use integration::netns::parse_mac;
 use integration::probe::monotonic_ns;
+use integration::prom;
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -166,6 +168,28 @@ fn sigkill_of_the_holder_fails_over_within_the_lease() {
         .expect("tcpdump");
     let probe = lab.probe(LB_V4, Duration::from_millis(10)).expect("probe");
     wait_answers(&probe, old_mac, 0, 10);
+    // What each candidate's /metrics say before the failover.
+    let lb_ip = format!("ip=\"{LB_V4}\"");
+    let watched: [(&str, &[&str]); 4] = [
+        (
+            "l2announcer_lease_acquisitions_total",
+            &["reason=\"takeover\""],
+        ),
+        ("l2announcer_takeover_latency_seconds_count", &[]),
+        ("l2announcer_takeover_latency_seconds_sum", &[]),
+        ("l2announcer_gratuitous_sent_total", &[lb_ip.as_str()]),
+    ];
+    let scrape = |node: &str| -> Vec<f64> {
+        watched
+            .iter()
+            .map(|(m, l)| lab.state.metric(node, m, l).expect("metrics"))
+            .collect()
+    };
+    let before: BTreeMap<String, Vec<f64>> = ["node-1", "node-2"]
+        .iter()
+        .filter(|n| **n != old)
+        .map(|n| (n.to_string(), scrape(n)))
+        .collect();
     let t_kill = lab.kill(&old, libc::SIGKILL).expect("kill");
     let new = holder(&lab, LB_SERVICE, Some(&old));
     let new_mac = mac(&lab, &new);
@@ -196,29 +220,31 @@ fn sigkill_of_the_holder_fails_over_within_the_lease() {
     capture
         .wait_announced(LB_V4, LB_V6, new_mac, t_kill, Duration::from_secs(5))
         .expect("announcements captured");
-    // The new holder counted the acquisition and the announcements.
-    let acquisitions = lab
-        .state
-        .metric(&new, "l2announcer_lease_acquisitions_total", &[])
-        .expect("metrics");
-    assert!(acquisitions >= 1.0, "no acquisition counted on {new}");
-    lab::wait_until(
-        "gratuitous_sent_total",
+    // The new holder counted the takeover, its latency (the old holder's
+    // last renewal as observed, plus at least a lease duration) and the
+    // gratuitous ARP for the VIP: differences across the failover.
+    let before = before
+        .get(&new)
+        .expect("new holder was a candidate")
+        .clone();
+    let after = lab::wait_until(
+        "the new holder's metrics to move",
         Duration::from_secs(10),
         Duration::from_millis(100),
         || {
-            let g = lab
-                .state
-                .metric(&new, "l2announcer_gratuitous_sent_total", &[])?;
-            Ok((g > 0.0).then_some(()))
+            let now = scrape(&new);
+            Ok((now[0] > before[0] && now[1] > before[1] && now[3] > before[3]).then_some(now))
         },
     )
-    .expect("gratuitous counted");
-    let takeovers = lab
-        .state
-        .metric(&new, "l2announcer_takeover_latency_seconds_count", &[])
-        .expect("metrics");
-    assert!(takeovers >= 1.0, "no takeover observed by {new}");
+    .unwrap_or_else(|e| panic!("{e}: {:?} -> {:?}", before, scrape(&new)));
+    let takeovers = after[1] - before[1];
+    assert_eq!(after[0] - before[0], takeovers, "acquisitions vs takeovers");
+    let mean = (after[2] - before[2]) / takeovers;
+    assert!(
+        mean >= LEASE_DURATION.as_secs_f64() - 0.05 && mean <= bound.as_secs_f64(),
+        "takeover latency {mean:.3} s outside [{:?}, {bound:?}]",
+        LEASE_DURATION
+    );
     drop(capture);
     lab.down();
 }
@@ -280,5 +306,81 @@ fn restarting_the_holder_within_the_lease_leaves_no_gap() {
     );
     assert_eq!(t.new_mac, None, "another node answered: {t:?}");
     assert_eq!(lab.holder(LB_SERVICE).expect("lease"), Some(h.clone()));
+    lab.down();
+}
+
+#[test]
+fn prometheus_scrapes_the_lab_agents_and_the_dashboards_match_them() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = new_lab();
+    let holders = [
+        holder(&lab, LB_SERVICE, None),
+        holder(&lab, EXT_SERVICE, None),
+    ];
+    let nodes = ["node-1", "node-2", "node-3"];
+    let mut targets = Vec::new();
+    for n in nodes {
+        targets.push(lab.state.node(n).expect("node").metrics_addr);
+        // Each live exposition passes promtool's lint.
+        let text = lab.state.http_get_metrics(n, "/metrics").expect("metrics");
+        let (ok, out) = prom::check_metrics(&text);
+        assert!(ok && out.trim().is_empty(), "{n}: promtool: {out}");
+    }
+    // The agents together export every name the dashboards and alert rules
+    // use (a labelled metric appears once it has a series: the responses of
+    // a VIP on its holder, after the next liveness refresh).
+    let mut unknown = Vec::new();
+    lab::wait_until(
+        "the dashboards' metrics on the agents",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let mut names = std::collections::BTreeSet::new();
+            for n in nodes {
+                names.extend(prom::exported_names(
+                    &lab.state.http_get_metrics(n, "/metrics")?,
+                ));
+            }
+            unknown = prom::dashboards_unknown_names(&names);
+            Ok(unknown.is_empty().then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {unknown:#?}"));
+    // A real Prometheus scrapes the three agents; PromQL through its API.
+    let server = prom::PrometheusServer::start(&targets);
+    let value = |promql: &str| -> Option<String> {
+        let series = server.series(promql)?;
+        series[0]["value"][1].as_str().map(str::to_string)
+    };
+    let held = lab::wait_until(
+        "prometheus to scrape every agent",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            Ok(
+                (value("count(up{job=\"l2announcer\"} == 1)").as_deref() == Some("3"))
+                    .then(|| value("sum(l2announcer_leases_held)")),
+            )
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; prometheus log:\n{}", server.log()));
+    assert_eq!(held.as_deref(), Some("2"), "two Services, one lease each");
+    // Per instance: the lease holders, and nobody else, hold leases.
+    let by_instance = server
+        .series("sum by (instance) (l2announcer_leases_held) > 0")
+        .expect("holders");
+    let mut seen: Vec<String> = by_instance
+        .iter()
+        .filter_map(|s| s["metric"]["instance"].as_str().map(str::to_string))
+        .collect();
+    seen.sort();
+    let mut expected: Vec<String> = holders
+        .iter()
+        .map(|h| lab.state.node(h).expect("node").metrics_addr.to_string())
+        .collect();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(seen, expected);
+    drop(server);
     lab.down();
 }
