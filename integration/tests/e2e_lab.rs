@@ -384,3 +384,143 @@ fn prometheus_scrapes_the_lab_agents_and_the_dashboards_match_them() {
     drop(server);
     lab.down();
 }
+
+/// Runs `target/debug/lab args`; (success, stdout + stderr).
+fn lab_bin(args: &[&str]) -> (bool, String) {
+    // Cargo builds the package's binaries for its integration tests.
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_lab"));
+    let out = std::process::Command::new(&bin)
+        .args(args)
+        .output()
+        .expect("run lab");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn lab_namespaces() -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("l2alab-"))
+        .map(str::to_string)
+        .collect()
+}
+
+// The README's command: the demo and the scriptable pieces of the `lab`
+// binary (the fixed lab `l2alab`; do not run it beside a lab of your own).
+#[test]
+fn the_lab_binary_demo_and_its_pieces() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        lab_namespaces().is_empty(),
+        "a lab is already up: {:?}",
+        lab_namespaces()
+    );
+    let (ok, out) = lab_bin(&[]);
+    assert!(ok, "demo failed:\n{out}");
+    for expected in [
+        "all checks passed",
+        "gratuitous ARP from",
+        "unsolicited NA from",
+        "first ARP reply from",
+        "handover under 1 s",
+        "served by node-",
+    ] {
+        assert!(out.contains(expected), "no {expected:?} in:\n{out}");
+    }
+    assert!(
+        lab_namespaces().is_empty(),
+        "demo left {:?}",
+        lab_namespaces()
+    );
+
+    let (ok, out) = lab_bin(&["up"]);
+    assert!(ok, "lab up:\n{out}");
+    let guard = LabDown;
+    let kubeconfig = out
+        .lines()
+        .find_map(|l| l.strip_prefix("kubeconfig: "))
+        .unwrap_or_else(|| panic!("no kubeconfig in:\n{out}"))
+        .trim()
+        .to_string();
+    let leases = lab::wait_until(
+        "two held leases through kubectl",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let out = std::process::Command::new("kubectl")
+                .args([
+                    "--kubeconfig",
+                    &kubeconfig,
+                    "-n",
+                    "kube-system",
+                    "get",
+                    "leases",
+                ])
+                .output()
+                .map_err(|source| lab::LabError::Io {
+                    what: "kubectl".into(),
+                    source,
+                })?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let held = text
+                .lines()
+                .filter(|l| l.starts_with("cilium-l2announce-") && l.contains("node-"))
+                .count();
+            Ok((held == 2).then_some(text))
+        },
+    )
+    .expect("leases");
+    let lb_holder = leases
+        .lines()
+        .find(|l| l.starts_with(&format!("cilium-l2announce-default-{LB_SERVICE} ")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("holder column")
+        .to_string();
+    let (ok, out) = lab_bin(&[
+        "exec",
+        "client",
+        "--",
+        "arping",
+        "-c",
+        "1",
+        "-w",
+        "2",
+        "-I",
+        "eth0",
+        &LB_V4.to_string(),
+    ]);
+    assert!(ok, "arping from the client:\n{out}");
+    let (ok, out) = lab_bin(&["kill", &lb_holder]);
+    assert!(ok && out.contains("exited"), "lab kill:\n{out}");
+    let (ok, out) = lab_bin(&["start", &lb_holder]);
+    assert!(ok && out.contains("started the agent"), "lab start:\n{out}");
+    drop(guard);
+    assert!(
+        lab_namespaces().is_empty(),
+        "lab down left {:?}",
+        lab_namespaces()
+    );
+}
+
+/// `lab down` on drop, also when an assertion fails.
+struct LabDown;
+
+impl Drop for LabDown {
+    fn drop(&mut self) {
+        let (ok, out) = lab_bin(&["down"]);
+        if !ok {
+            eprintln!("lab down: {out}");
+        }
+    }
+}

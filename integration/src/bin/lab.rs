@@ -379,7 +379,10 @@ fn demo() -> Result<u8, LabError> {
     let within = tk
         .first_new_ns
         .is_some_and(|f| f.saturating_sub(t_kill) <= lease_bound.as_nanos() as u64);
-    ok &= within && tk.doubly_answered == 0;
+    ok &= within && tk.doubly_answered == 0 && ann.is_ok();
+    if let Err(e) = &ann {
+        println!("   -> NOT seen by the client: {e}");
+    }
     println!(
         "   -> new holder answered {} lease duration + retry period + 1 s ({:?}); {} requests, {} unanswered, {} answered by two MACs",
         if within { "within" } else { "NOT within" },
