@@ -715,6 +715,14 @@ impl Lab {
         self.client.clone()
     }
 
+    /// Every request the lab's API server answered so far.
+    pub fn request_log(&self) -> Vec<crate::apiserver::RequestRecord> {
+        self.server
+            .as_ref()
+            .map(TestApiServer::request_log)
+            .unwrap_or_default()
+    }
+
     /// Runs a future (e.g. with [`Self::client`]) on the lab's runtime.
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)

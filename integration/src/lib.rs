@@ -8,3 +8,4 @@ pub mod netns;
 pub mod pcap;
 pub mod probe;
 pub mod prom;
+pub mod rbac;

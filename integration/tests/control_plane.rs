@@ -12,6 +12,7 @@ use actors::election::LeaseTiming;
 use actors::policy::CiliumL2AnnouncementPolicy;
 use integration::apiserver::{ClientMatch, TestApiServer};
 use integration::controlplane::{ControlPlaneNode, NodeOptions, wait_for};
+use integration::rbac;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -549,36 +550,6 @@ fn converges_under_client_side_throttling() {
     assert_eq!(distinct.len(), 20);
 }
 
-/// Every (API group, resource, verb) a role grants, from deploy/'s YAML.
-fn granted() -> BTreeSet<(String, String, String)> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-    let mut out = BTreeSet::new();
-    for file in ["clusterrole.yaml", "role.yaml"] {
-        let text = std::fs::read_to_string(root.join(file)).expect("read role");
-        let role: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
-        for rule in role["rules"].as_sequence().expect("rules") {
-            let list = |k: &str| -> Vec<String> {
-                rule[k]
-                    .as_sequence()
-                    .map(|s| {
-                        s.iter()
-                            .filter_map(|v| v.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
-            for g in list("apiGroups") {
-                for r in list("resources") {
-                    for v in list("verbs") {
-                        out.insert((g.clone(), r.clone(), v));
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn rbac_grants_exactly_what_the_agent_uses() {
     let cluster = Cluster::start();
@@ -643,33 +614,20 @@ fn rbac_grants_exactly_what_the_agent_uses() {
         .then_some(())
     })
     .expect("collected");
-    let used: BTreeSet<(String, String, String)> =
-        wait_for("event patch", Duration::from_secs(10), || {
-            let used: BTreeSet<(String, String, String)> = cluster
-                .server
-                .request_log()
-                .into_iter()
-                .filter(|r| r.user_agent.contains("l2announcer/") && r.code < 400)
-                .map(|r| {
-                    let resource = if r.subresource.is_empty() {
-                        r.resource
-                    } else {
-                        format!("{}/{}", r.resource, r.subresource)
-                    };
-                    (r.group, resource, r.verb)
-                })
-                .collect();
-            used.contains(&("events.k8s.io".into(), "events".into(), "patch".into()))
-                .then_some(used)
-        })
-        .expect("the repeated event was patched");
-    let granted = granted();
-    let not_granted: Vec<_> = used.difference(&granted).collect();
-    let not_used: Vec<_> = granted.difference(&used).collect();
+    let used = wait_for("event patch", Duration::from_secs(10), || {
+        let used = rbac::used(&cluster.server.request_log());
+        used.contains(&("events.k8s.io".into(), "events".into(), "patch".into()))
+            .then_some(used)
+    })
+    .expect("the repeated event was patched");
+    let grants = rbac::Grants::deploy();
+    let denied = grants.denied(&cluster.server.request_log());
     assert!(
-        not_granted.is_empty(),
-        "requests the roles do not allow: {not_granted:?}"
+        denied.is_empty(),
+        "requests the roles do not allow: {denied:#?}"
     );
+    let granted = grants.all();
+    let not_used: Vec<_> = granted.difference(&used).collect();
     assert!(
         not_used.is_empty(),
         "grants the agent never used (remove them): {not_used:?}"

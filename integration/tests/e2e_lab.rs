@@ -21,6 +21,7 @@ use integration::lab::{
 use integration::netns::parse_mac;
 use integration::probe::monotonic_ns;
 use integration::prom;
+use integration::rbac;
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -270,6 +271,17 @@ fn sigterm_hands_over_in_under_a_second() {
         (first_new - t_term) / 1_000_000
     );
     assert_eq!(t.doubly_answered, 0, "two MACs answered one probe");
+    // Everything the real agents asked the API server for, through the
+    // acquisitions, events and the release, is allowed by deploy/'s roles
+    // (leases only in the Role's namespace).
+    let log = lab.request_log();
+    assert!(
+        rbac::used(&log).len() >= 8,
+        "too few kinds of requests to mean much: {:?}",
+        rbac::used(&log)
+    );
+    let denied = rbac::Grants::deploy().denied(&log);
+    assert!(denied.is_empty(), "not allowed by deploy/: {denied:#?}");
     lab.down();
 }
 
