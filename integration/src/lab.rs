@@ -183,6 +183,17 @@ pub struct LabState {
     /// The process hosting the API server (and the HTTP servers).
     pub host_pid: u32,
     pub nodes: Vec<NodeState>,
+    /// `--k8s-client-qps` and `--k8s-client-burst` of agents started from
+    /// now on.
+    #[serde(default = "default_client_rate")]
+    pub client_rate: (f64, u32),
+}
+
+/// Renewing every 200 ms per Service needs more than the default 5 qps
+/// (else renewals wait on the client's token bucket past the 1 s renew
+/// deadline and leases flap).
+fn default_client_rate() -> (f64, u32) {
+    (50.0, 100)
 }
 
 impl LabState {
@@ -236,13 +247,10 @@ impl LabState {
                 "1s",
                 "--l2-announcements-retry-period",
                 "200ms",
-                // Renewing every 200 ms per Service needs more than the
-                // default 5 qps (else renewals wait on the client's token
-                // bucket past the 1 s renew deadline and leases flap).
                 "--k8s-client-qps",
-                "50",
+                &self.client_rate.0.to_string(),
                 "--k8s-client-burst",
-                "100",
+                &self.client_rate.1.to_string(),
                 "--prometheus-serve-addr",
                 &node.metrics_addr.to_string(),
             ])
@@ -648,6 +656,7 @@ impl Lab {
             agent_bin: config.agent_bin.clone(),
             host_pid: std::process::id(),
             nodes,
+            client_rate: default_client_rate(),
         };
         // From here on a failure tears down what exists (Lab's Drop, or this
         // guard until the Lab is built).

@@ -536,3 +536,55 @@ impl Drop for LabDown {
         }
     }
 }
+
+#[test]
+fn a_low_client_rate_limit_shows_in_metrics_and_logs() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = new_lab();
+    holder(&lab, LB_SERVICE, None);
+    // node-1 alone (node-3 is never a candidate), at 1 request/s: it holds
+    // both Services, whose renewals every 200 ms need 10/s.
+    for n in ["node-1", "node-2"] {
+        lab.kill(n, libc::SIGTERM).expect("stop");
+    }
+    lab.state.client_rate = (1.0, 1);
+    lab.start("node-1").expect("start");
+    lab.wait_ready("node-1", Duration::from_secs(20))
+        .expect("ready");
+    let waited = lab::wait_until(
+        "throttling in node-1's /metrics",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let count = lab.state.metric(
+                "node-1",
+                "l2announcer_k8s_client_throttle_wait_seconds_count",
+                &[],
+            )?;
+            let sum = lab.state.metric(
+                "node-1",
+                "l2announcer_k8s_client_throttle_wait_seconds_sum",
+                &[],
+            )?;
+            Ok((count >= 3.0 && sum > 1.0).then_some((count, sum)))
+        },
+    )
+    .expect("throttled requests counted");
+    let log_path = lab.state.node("node-1").expect("node").log.clone();
+    let log = lab::wait_until(
+        "the sizing warning in node-1's log",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            Ok(text.contains("--k8s-client-qps 1").then_some(text))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{}", lab.state.log_tails(40)));
+    assert!(
+        log.contains("due to client-side throttling"),
+        "{waited:?}\n{log}"
+    );
+    assert!(log.contains("renewals will be throttled"), "{log}");
+    lab.down();
+}
