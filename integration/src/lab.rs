@@ -724,6 +724,18 @@ impl Lab {
         self.client.clone()
     }
 
+    /// Takes the API server away for `downtime` (listener and connections
+    /// closed, objects kept), then brings it back; returns when it is back.
+    pub fn api_outage(&self, downtime: Duration) -> Result<(), LabError> {
+        let server = self
+            .server
+            .as_ref()
+            .ok_or_else(|| LabError::State("the API server runs elsewhere".into()))?;
+        self.rt
+            .block_on(server.restart(downtime))
+            .map_err(|e| LabError::Api(e.to_string()))
+    }
+
     /// Every request the lab's API server answered so far.
     pub fn request_log(&self) -> Vec<crate::apiserver::RequestRecord> {
         self.server

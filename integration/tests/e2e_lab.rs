@@ -588,3 +588,36 @@ fn a_low_client_rate_limit_shows_in_metrics_and_logs() {
     assert!(log.contains("renewals will be throttled"), "{log}");
     lab.down();
 }
+
+#[test]
+fn an_api_server_outage_stops_no_agent_and_one_holder_answers_after() {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = new_lab();
+    let h = holder(&lab, LB_SERVICE, None);
+    let probe = lab.probe(LB_V4, Duration::from_millis(10)).expect("probe");
+    wait_answers(&probe, mac(&lab, &h), 0, 10);
+    // Longer than the lease: nobody can renew or take over meanwhile.
+    let t_down = monotonic_ns();
+    lab.api_outage(LEASE_DURATION + Duration::from_secs(2))
+        .expect("outage");
+    let t_back = monotonic_ns();
+    assert!(t_back - t_down >= (LEASE_DURATION + Duration::from_secs(2)).as_nanos() as u64);
+    for n in ["node-1", "node-2", "node-3"] {
+        assert!(
+            lab.state.agent_pid(n).is_some(),
+            "the agent of {n} exited during the outage:\n{}",
+            lab.state.log_tails(30)
+        );
+    }
+    let after = lab
+        .wait_holder(LB_SERVICE, None, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}:\n{}", lab.state.log_tails(30)));
+    let after_mac = mac(&lab, &after);
+    wait_answers(&probe, after_mac, t_back, 20);
+    let probes = probe.stop(Duration::from_millis(200)).expect("stop");
+    let t = lab::takeover(&probes, after_mac, t_down);
+    assert_eq!(t.doubly_answered, 0, "two MACs answered one probe: {t:?}");
+    // Whoever answers after the outage holds the lease.
+    assert_eq!(lab.holder(LB_SERVICE).expect("lease"), Some(after));
+    lab.down();
+}
