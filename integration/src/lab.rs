@@ -1201,6 +1201,24 @@ impl ProbeSession {
         self.log.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
+    /// Waits up to 15 s until `n` requests sent after `after_ns` (monotonic)
+    /// were answered by `mac`.
+    pub fn wait_answers(&self, mac: [u8; 6], after_ns: u64, n: usize) -> Result<(), LabError> {
+        wait_until(
+            &format!("{n} answers from {}", crate::netns::format_mac(mac)),
+            Duration::from_secs(15),
+            Duration::from_millis(10),
+            || {
+                let seen = self
+                    .snapshot()
+                    .iter()
+                    .filter(|p| p.sent_ns > after_ns && p.replies.iter().any(|r| r.1 == mac))
+                    .count();
+                Ok((seen >= n).then_some(()))
+            },
+        )
+    }
+
     /// Stops (after listening `grace` more for late replies); everything seen.
     pub fn stop(mut self, grace: Duration) -> Result<Vec<Probe>, LabError> {
         std::thread::sleep(grace);

@@ -53,20 +53,7 @@ fn holder(lab: &Lab, svc: &str, not: Option<&str>) -> String {
 
 /// Waits until `n` probes sent after `after` were answered by `mac`.
 fn wait_answers(probe: &lab::ProbeSession, mac: [u8; 6], after: u64, n: usize) {
-    lab::wait_until(
-        "answers",
-        Duration::from_secs(15),
-        Duration::from_millis(10),
-        || {
-            let seen = probe
-                .snapshot()
-                .iter()
-                .filter(|p| p.sent_ns > after && p.replies.iter().any(|r| r.1 == mac))
-                .count();
-            Ok((seen >= n).then_some(()))
-        },
-    )
-    .expect("probe answers");
+    probe.wait_answers(mac, after, n).expect("probe answers");
 }
 
 #[test]

@@ -363,12 +363,12 @@ fn demo() -> Result<u8, LabError> {
     let pcap = lab.state.dir.join("client.pcap");
     let capture = lab.capture(&pcap)?;
     let probe = lab.probe(LB_V4, Duration::from_millis(10))?;
-    wait_answered(&probe, old_mac, 20)?;
+    probe.wait_answers(old_mac, 0, 20)?;
     let t_kill = lab.kill(&old, libc::SIGKILL)?;
     let new = lab.wait_holder(LB_SERVICE, Some(&old), Duration::from_secs(15))?;
     let t_lease = monotonic_ns();
     let new_mac = mac_of(&lab, &new)?;
-    wait_answered_after(&probe, new_mac, t_kill, 50)?;
+    probe.wait_answers(new_mac, t_kill, 50)?;
     let probes = probe.stop(Duration::from_millis(200))?;
     let tk = lab::takeover(&probes, old_mac, t_kill.saturating_sub(200_000_000));
     let ann = capture.wait_announced(LB_V4, LB_V6, new_mac, t_kill, Duration::from_secs(5));
@@ -409,12 +409,12 @@ fn demo() -> Result<u8, LabError> {
 
     println!("\n== SIGTERM of {new}'s agent (it releases its leases on the way out)");
     let probe = lab.probe(LB_V4, Duration::from_millis(5))?;
-    wait_answered(&probe, new_mac, 20)?;
+    probe.wait_answers(new_mac, 0, 20)?;
     let t_term = lab.kill(&new, libc::SIGTERM)?;
     let next = lab.wait_holder(LB_SERVICE, Some(&new), Duration::from_secs(10))?;
     let t_lease2 = monotonic_ns();
     let next_mac = mac_of(&lab, &next)?;
-    wait_answered_after(&probe, next_mac, t_term, 50)?;
+    probe.wait_answers(next_mac, t_term, 50)?;
     let probes = probe.stop(Duration::from_millis(100))?;
     let th = lab::takeover(&probes, new_mac, t_term.saturating_sub(100_000_000));
     println!("   handover timeline (t=0: SIGTERM of {new}):");
@@ -526,43 +526,6 @@ fn print_timeline(
         "   client-observed outage: {:.1} ms (longest gap between answered probes)",
         t.outage_ns as f64 / 1e6
     );
-}
-
-fn wait_answered(probe: &lab::ProbeSession, mac: [u8; 6], n: usize) -> Result<(), LabError> {
-    lab::wait_until(
-        "probe answers",
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || {
-            let seen = probe
-                .snapshot()
-                .iter()
-                .filter(|p| p.replies.iter().any(|r| r.1 == mac))
-                .count();
-            Ok((seen >= n).then_some(()))
-        },
-    )
-}
-
-fn wait_answered_after(
-    probe: &lab::ProbeSession,
-    mac: [u8; 6],
-    after: u64,
-    n: usize,
-) -> Result<(), LabError> {
-    lab::wait_until(
-        "answers from the new holder",
-        Duration::from_secs(15),
-        Duration::from_millis(10),
-        || {
-            let seen = probe
-                .snapshot()
-                .iter()
-                .filter(|p| p.sent_ns > after && p.replies.iter().any(|r| r.1 == mac))
-                .count();
-            Ok((seen >= n).then_some(()))
-        },
-    )
 }
 
 /// Both timelines as two horizontal bars with markers (ms from the signal).
