@@ -169,21 +169,30 @@ impl Datapath {
     /// them, and clearing such a slot's fence would silence a held lease.
     fn free_unused_slots(&mut self) {
         let live: BTreeSet<&String> = self.groups.values().collect();
-        let mut used: BTreeSet<u32> = self.entries.values().copied().collect();
+        let ours: BTreeSet<u32> = self.entries.values().copied().collect();
+        let mut gone: Vec<(String, u32)> = self
+            .slots
+            .iter()
+            .filter(|(k, s)| !live.contains(k) && !ours.contains(s))
+            .map(|(k, s)| (k.clone(), *s))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        // Only now read the maps (one syscall per entry), for the slots
+        // that a previous run's entries still use.
         match self.responder.list() {
-            Ok(in_maps) => used.extend(in_maps.iter().map(|e| e.fence_slot)),
+            Ok(in_maps) => {
+                let pinned: BTreeSet<u32> = in_maps.iter().map(|e| e.fence_slot).collect();
+                gone.retain(|(_, s)| !pinned.contains(s));
+            }
             Err(e) => {
                 // Without knowing what the maps hold, keep every slot.
                 warn!(error = %e, "listing responder entries; keeping fence slots");
                 return;
             }
         }
-        let gone: Vec<String> = self
-            .slots
-            .iter()
-            .filter(|(k, s)| !live.contains(k) && !used.contains(s))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let gone: Vec<String> = gone.into_iter().map(|(k, _)| k).collect();
         for key in gone {
             if let Some(slot) = self.slots.remove(&key) {
                 if let Err(e) = self.responder.set_fence(slot, 0) {
