@@ -123,9 +123,16 @@ fn every_vip_is_answered_by_the_lease_holder_only() {
                 "no l2-announce row for {ip} on {h}:\n{rows}"
             );
         }
+        // Service, Lease, Holder, Me, ...: held by this node, and it knows.
         let leases = lab.state.statedb(&h, "leases").expect("statedb");
+        let lease = format!("cilium-l2announce-default-{svc}");
         assert!(
-            leases.contains(&format!("cilium-l2announce-default-{svc}")),
+            leases.lines().any(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                cells.get(1) == Some(&lease.as_str())
+                    && cells.get(2) == Some(&h.as_str())
+                    && cells.get(3) == Some(&"true")
+            }),
             "leases of {h}:\n{leases}"
         );
     }
@@ -187,6 +194,8 @@ fn sigkill_of_the_holder_fails_over_within_the_lease() {
     let t = lab::takeover(&probes, old_mac, t_kill);
     let bound = LEASE_DURATION + RETRY_PERIOD + Duration::from_secs(1);
     let first_new = t.first_new_ns.expect("new MAC answered");
+    // The first other MAC to answer is the new lease holder's.
+    assert_eq!(t.new_mac, Some(new_mac), "{t:?}");
     assert!(
         first_new - t_kill <= bound.as_nanos() as u64,
         "takeover took {} ms",
@@ -252,6 +261,8 @@ fn sigterm_hands_over_in_under_a_second() {
     let probes = probe.stop(Duration::from_millis(100)).expect("stop");
     let t = lab::takeover(&probes, old_mac, t_term);
     let first_new = t.first_new_ns.expect("new MAC answered");
+    // The first other MAC to answer is the new lease holder's.
+    assert_eq!(t.new_mac, Some(new_mac), "{t:?}");
     assert!(
         first_new - t_term < 1_000_000_000,
         "handover took {} ms",
