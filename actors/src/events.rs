@@ -178,6 +178,12 @@ impl AnnounceObserver for Fanout {
             o.announcing(service, announcing, entries);
         }
     }
+
+    fn candidates(&self, services: &std::collections::BTreeSet<String>) {
+        for o in &self.0 {
+            o.candidates(services);
+        }
+    }
 }
 
 #[cfg(test)]

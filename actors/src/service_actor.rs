@@ -35,6 +35,9 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub trait AnnounceObserver: Send + Sync {
     /// This node started (`true`) or stopped announcing a Service.
     fn announcing(&self, _service: &ServiceView, _announcing: bool, _entries: &Candidacy) {}
+    /// The Services (`namespace/name`) this node is a candidate for now:
+    /// selected by a policy, with at least one IP and interface here.
+    fn candidates(&self, _services: &BTreeSet<String>) {}
 }
 
 /// An observer that records nothing.
@@ -84,6 +87,8 @@ pub struct ServiceActor {
     /// Services this node announces now and what it announces of them,
     /// for start/stop reports.
     announcing: BTreeMap<String, (ServiceView, Candidacy)>,
+    /// The candidacies last reported to the observer.
+    reported_candidates: Option<BTreeSet<String>>,
     lease: Recipient<Campaign>,
     withdraw: Recipient<Withdraw>,
     groups: Recipient<ElectionGroups>,
@@ -120,6 +125,7 @@ impl ServiceActor {
             leading: BTreeSet::new(),
             decided: BTreeSet::new(),
             announcing: BTreeMap::new(),
+            reported_candidates: None,
             lease,
             withdraw,
             groups,
@@ -180,6 +186,11 @@ impl ServiceActor {
             }
         }
         self.update_elections();
+        let candidates: BTreeSet<String> = self.candidacies.keys().cloned().collect();
+        if self.reported_candidates.as_ref() != Some(&candidates) {
+            self.observer.candidates(&candidates);
+            self.reported_candidates = Some(candidates);
+        }
         self.write_rows();
         self.write_policy_rows(&node);
     }

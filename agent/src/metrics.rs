@@ -42,6 +42,7 @@ pub const NAMES: &[&str] = &[
     "l2announcer_responses_sent_total",
     "l2announcer_gratuitous_sent_total",
     "l2announcer_announced",
+    "l2announcer_service_candidate",
     "l2announcer_liveness_age_seconds",
     "l2announcer_reconcile_errors_total",
     "l2announcer_reconcile_duration_seconds",
@@ -85,6 +86,8 @@ struct State {
     responses: HashMap<(IpAddr, String), u64>,
     /// The announced series per Service key.
     announced: BTreeMap<String, BTreeSet<(IpAddr, String)>>,
+    /// The Services with a `service_candidate` series.
+    candidates: BTreeSet<String>,
 }
 
 /// The agent's metrics. Share it as `Arc<Metrics>`; every observer method
@@ -103,6 +106,7 @@ pub struct Metrics {
     responses: IntCounterVec,
     gratuitous: IntCounterVec,
     announced: IntGaugeVec,
+    service_candidate: IntGaugeVec,
     liveness_age: Gauge,
     reconcile_errors: IntCounter,
     reconcile_duration: Histogram,
@@ -243,6 +247,12 @@ impl Metrics {
                 "l2announcer_announced",
                 "1 for every Service, IP and interface this node announces now.",
                 &["service", "ip", "interface"],
+            )?,
+            service_candidate: gauge_vec(
+                &r,
+                "l2announcer_service_candidate",
+                "1 for every Service this node is a candidate to announce (selected by a policy, with IPs and interfaces here).",
+                &["service"],
             )?,
             liveness_age,
             reconcile_errors: counter(
@@ -429,6 +439,19 @@ impl AnnounceObserver for Metrics {
         if !new.is_empty() {
             state.announced.insert(key, new);
         }
+    }
+
+    fn candidates(&self, services: &BTreeSet<String>) {
+        let mut state = self.state();
+        for gone in state.candidates.difference(services) {
+            let _ = self.service_candidate.remove_label_values(&[gone.as_str()]);
+        }
+        for svc in services {
+            self.service_candidate
+                .with_label_values(&[svc.as_str()])
+                .set(1);
+        }
+        state.candidates = services.clone();
     }
 }
 
@@ -842,6 +865,19 @@ mod tests {
     }
 
     #[test]
+    fn candidate_gauge_follows_the_reported_set() {
+        let m = Metrics::new().unwrap();
+        let web = "l2announcer_service_candidate{service=\"default/web\"}";
+        let db = "l2announcer_service_candidate{service=\"default/db\"}";
+        m.candidates(&["default/web".to_string(), "default/db".to_string()].into());
+        assert_eq!(value_of(&m.render(), web), Some(1.0));
+        assert_eq!(value_of(&m.render(), db), Some(1.0));
+        m.candidates(&["default/db".to_string()].into());
+        assert_eq!(value_of(&m.render(), web), None);
+        assert_eq!(value_of(&m.render(), db), Some(1.0));
+    }
+
+    #[test]
     fn announced_gauge_follows_candidacy() {
         let m = Metrics::new().unwrap();
         let view = ServiceView {
@@ -917,6 +953,7 @@ mod tests {
         let mut c = Candidacy::default();
         c.entries.insert((ip, "eth0".into()));
         m.announcing(&ServiceView::default(), true, &c);
+        m.candidates(&["default/web".to_string()].into());
         let text = m.render();
         for name in NAMES {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");

@@ -57,6 +57,7 @@ fn populated() -> Metrics {
         ..Default::default()
     };
     m.announcing(&view, true, &c);
+    m.candidates(&["default/web".to_string()].into());
     m.liveness_refreshed();
     m.observe_reconcile(Duration::from_micros(300), 1);
     m.invalid_policies(1);
