@@ -192,14 +192,12 @@ impl Datapath {
                 return;
             }
         }
-        let gone: Vec<String> = gone.into_iter().map(|(k, _)| k).collect();
-        for key in gone {
-            if let Some(slot) = self.slots.remove(&key) {
-                if let Err(e) = self.responder.set_fence(slot, 0) {
-                    warn!(error = %e, slot, "clearing fence slot");
-                }
-                self.free_slots.push(slot);
+        for (key, slot) in gone {
+            self.slots.remove(&key);
+            if let Err(e) = self.responder.set_fence(slot, 0) {
+                warn!(error = %e, slot, "clearing fence slot");
             }
+            self.free_slots.push(slot);
         }
     }
 

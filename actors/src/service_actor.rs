@@ -289,9 +289,18 @@ impl ServiceActor {
         }
         for svc in &now_announcing {
             if let (Some(view), Some(c)) = (self.services.get(svc), self.candidacies.get(svc)) {
-                let now = (view.clone(), c.clone());
-                if self.announcing.insert(svc.clone(), now).is_none() {
-                    self.observer.announcing(view, true, c);
+                match self.announcing.get_mut(svc) {
+                    // Keep what is announced current for the stop report.
+                    Some(known) => {
+                        if known.0 != *view || known.1 != *c {
+                            *known = (view.clone(), c.clone());
+                        }
+                    }
+                    None => {
+                        self.observer.announcing(view, true, c);
+                        self.announcing
+                            .insert(svc.clone(), (view.clone(), c.clone()));
+                    }
                 }
             }
         }
