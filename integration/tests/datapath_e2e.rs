@@ -45,9 +45,6 @@ impl Fixture {
         init_tracing();
         let lab = VethLab::new().expect("namespaces and veth");
         let agent = InProcessAgent::start(&lab.agent, config, &["eth0"]).expect("agent");
-        agent
-            .election_groups(&[(SERVICE, SERVICE)])
-            .expect("election groups");
         Fixture { agent, lab }
     }
 
@@ -55,8 +52,8 @@ impl Fixture {
     /// returns once every row is done.
     fn announce(&self, ips: &[IpAddr]) {
         self.agent
-            .renewed(SERVICE, Instant::now() + Duration::from_secs(60))
-            .expect("renewed");
+            .open_fence(SERVICE, Instant::now() + Duration::from_secs(60))
+            .expect("fence opened");
         for ip in ips {
             self.agent.upsert(*ip, "eth0", &[SERVICE]).expect("upsert");
         }
@@ -362,8 +359,8 @@ fn answers_stop_at_the_lease_fence_deadline() {
     // A last renewal, then none: the fence closes 300 ms from now.
     let before = monotonic_ns();
     f.agent
-        .renewed(SERVICE, Instant::now() + Duration::from_millis(300))
-        .expect("renewed");
+        .open_fence(SERVICE, Instant::now() + Duration::from_millis(300))
+        .expect("fence opened");
     let deadline = f.agent.fence_ns(slot).expect("fence");
     assert!(
         deadline > before + 250_000_000 && deadline < before + 400_000_000,
@@ -385,8 +382,8 @@ fn answers_stop_at_the_lease_fence_deadline() {
 
     // The next renewal opens the fence again.
     f.agent
-        .renewed(SERVICE, Instant::now() + Duration::from_secs(60))
-        .expect("renewed");
+        .open_fence(SERVICE, Instant::now() + Duration::from_secs(60))
+        .expect("fence opened");
     let mac = format_mac(f.lab.agent_mac);
     assert_eq!(arping(&f.lab.client, "veth0", V4, 1, 2), vec![mac]);
 }
@@ -400,8 +397,8 @@ fn status_is_error_for_an_unknown_interface_until_it_appears() {
     let v4 = Ipv4Addr::new(192, 0, 2, 11);
     let ip: IpAddr = v4.into();
     f.agent
-        .renewed(SERVICE, Instant::now() + Duration::from_secs(60))
-        .expect("renewed");
+        .open_fence(SERVICE, Instant::now() + Duration::from_secs(60))
+        .expect("fence opened");
     f.agent.upsert(ip, "eth1", &[SERVICE]).expect("upsert");
     // Let the retries back off to their cap (2 s) first, so that only the
     // device table waking the reconciler can make it quick below.
@@ -454,8 +451,8 @@ fn a_recreated_interface_is_answered_again_at_once() {
         .expect("eth1");
     let before = f.agent.wait_device("eth1", WAIT).expect("eth1 row").index;
     f.agent
-        .renewed(SERVICE, Instant::now() + Duration::from_secs(60))
-        .expect("renewed");
+        .open_fence(SERVICE, Instant::now() + Duration::from_secs(60))
+        .expect("fence opened");
     f.agent.upsert(ip, "eth1", &[SERVICE]).expect("upsert");
     f.agent
         .wait_status(ip, "eth1", WAIT, |s| *s == Status::Done)

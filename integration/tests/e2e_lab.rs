@@ -359,7 +359,13 @@ fn restarted_node_announces_nothing_it_lost(reboot: bool) {
         .into_iter()
         .flat_map(|(v4, v6)| capture.announcements(v4, v6).expect("capture"))
         .filter(|a| a.mac == h_mac && a.at_ns >= t_start)
-        .map(|a| format!("{:?} at +{:.0} ms", a.kind, (a.at_ns - t_start) as f64 / 1e6))
+        .map(|a| {
+            format!(
+                "{:?} at +{:.0} ms",
+                a.kind,
+                (a.at_ns - t_start) as f64 / 1e6
+            )
+        })
         .collect();
     assert!(
         foreign.is_empty(),
@@ -368,7 +374,10 @@ fn restarted_node_announces_nothing_it_lost(reboot: bool) {
     );
     let after = lab::takeover(&probes, n_mac, t_takeover);
     assert_eq!(after.doubly_answered, 0, "two MACs answered: {after:?}");
-    assert_eq!(after.new_mac, None, "another MAC than {n}'s answered: {after:?}");
+    assert_eq!(
+        after.new_mac, None,
+        "another MAC than {n}'s answered: {after:?}"
+    );
     assert_eq!(after.unanswered, 0, "unanswered probes: {after:?}");
     assert_eq!(lab.holder(LB_SERVICE).expect("lease"), Some(n.clone()));
     assert_ne!(
