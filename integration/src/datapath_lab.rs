@@ -117,6 +117,9 @@ pub struct InProcessAgent {
     system: Option<actix::System>,
     thread: Option<JoinHandle<()>>,
     pin_dir: PathBuf,
+    ns_name: String,
+    ns_path: PathBuf,
+    config: AgentConfig,
 }
 
 impl std::fmt::Debug for InProcessAgent {
@@ -155,56 +158,50 @@ impl InProcessAgent {
         ensure_bpffs()?;
         let pin_dir = Path::new("/sys/fs/bpf").join(unique_name("l2a-dp"));
         let mut guard = PinGuard(Some(pin_dir.clone()));
-        let responder = Responder::open(&ResponderConfig {
-            pin_dir: pin_dir.clone(),
-            max_liveness: config.max_liveness,
-        })?;
-        let maps = PinnedMaps::open(&pin_dir)?;
         let db = statedb::Db::open_temporary()?;
-        let rows = Table::open(&db, L2_ANNOUNCE)?;
-        let devices = Table::open(&db, DEVICES)?;
         let run = RunId::new();
-
-        let (started_tx, started_rx) = std::sync::mpsc::channel::<Started>();
-        let thread = {
-            let db = db.clone();
-            let run = run.clone();
-            let ns_path = ns.path();
-            let ns_name = ns.name().to_string();
-            std::thread::Builder::new()
-                .name(format!("agent-{ns_name}"))
-                .spawn(move || {
-                    agent_thread(&ns_name, &ns_path, db, run, responder, config, started_tx)
-                })
-                .map_err(|e| AgentError::Thread(e.to_string()))?
-        };
-        let (fences, system) = match started_rx.recv() {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                return Err(AgentError::Thread(e));
-            }
-            Err(_) => {
-                let _ = thread.join();
-                return Err(AgentError::Thread("exited before starting".into()));
-            }
-        };
+        let (fences, system, thread) =
+            spawn_agent(ns.name(), &ns.path(), &pin_dir, &db, &run, config)?;
+        let maps = PinnedMaps::open(&pin_dir)?;
         guard.0 = None;
         let agent = InProcessAgent {
+            rows: Table::open(&db, L2_ANNOUNCE)?,
+            devices: Table::open(&db, DEVICES)?,
             db,
-            rows,
-            devices,
             run,
             fences,
             maps,
             system: Some(system),
             thread: Some(thread),
             pin_dir,
+            ns_name: ns.name().to_string(),
+            ns_path: ns.path(),
+            config,
         };
         for name in wait_devices {
             agent.wait_device(name, Duration::from_secs(10))?;
         }
         Ok(agent)
+    }
+
+    /// Kills the agent (as [`Self::stop`]) and starts a new run over the
+    /// same state database and pinned maps, as a restarted agent process:
+    /// rows and entries of the previous run are inherited.
+    pub fn restart(&mut self) -> Result<(), AgentError> {
+        self.stop();
+        self.run = RunId::new();
+        let (fences, system, thread) = spawn_agent(
+            &self.ns_name,
+            &self.ns_path,
+            &self.pin_dir,
+            &self.db,
+            &self.run,
+            self.config,
+        )?;
+        self.fences = fences;
+        self.system = Some(system);
+        self.thread = Some(thread);
+        Ok(())
     }
 
     pub fn db(&self) -> &statedb::Db {
@@ -374,6 +371,44 @@ impl Drop for InProcessAgent {
         self.stop();
         if let Err(e) = Responder::remove_pins(&self.pin_dir) {
             tracing::warn!(dir = %self.pin_dir.display(), error = %e, "removing pins");
+        }
+    }
+}
+
+/// Opens the responder on `pin_dir` and starts the agent thread in the
+/// namespace; waits until it runs.
+fn spawn_agent(
+    ns_name: &str,
+    ns_path: &Path,
+    pin_dir: &Path,
+    db: &statedb::Db,
+    run: &RunId,
+    config: AgentConfig,
+) -> Result<(Fences, actix::System, JoinHandle<()>), AgentError> {
+    let responder = Responder::open(&ResponderConfig {
+        pin_dir: pin_dir.to_owned(),
+        max_liveness: config.max_liveness,
+    })?;
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<Started>();
+    let thread = {
+        let db = db.clone();
+        let run = run.clone();
+        let ns_path = ns_path.to_owned();
+        let ns_name = ns_name.to_string();
+        std::thread::Builder::new()
+            .name(format!("agent-{ns_name}"))
+            .spawn(move || agent_thread(&ns_name, &ns_path, db, run, responder, config, started_tx))
+            .map_err(|e| AgentError::Thread(e.to_string()))?
+    };
+    match started_rx.recv() {
+        Ok(Ok((fences, system))) => Ok((fences, system, thread)),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(AgentError::Thread(e))
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(AgentError::Thread("exited before starting".into()))
         }
     }
 }
