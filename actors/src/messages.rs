@@ -1,7 +1,5 @@
 //! Messages the actors exchange. Services are named `namespace/name`.
 
-use std::time::Instant;
-
 use actix::Message;
 
 use crate::policy::CompiledPolicy;
@@ -28,16 +26,8 @@ pub struct Leadership {
     pub held: bool,
 }
 
-/// LeaseActor -> AnnounceActor: a renewal succeeded; the datapath may
-/// answer for this Service's entries until `fence_until`.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct Renewed {
-    pub service: String,
-    pub fence_until: Instant,
-}
-
-/// Shutdown: release every held lease; answers when the requests are done.
+/// Shutdown: close every fence, then release every held lease; answers
+/// when the requests are done.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct ReleaseAll;
@@ -62,9 +52,3 @@ pub struct PolicyStates(pub Vec<PolicyState>);
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct SelectedDevices(pub std::collections::BTreeSet<String>);
-
-/// ServiceActor -> AnnounceActor: the election (lease Service) each
-/// candidate Service campaigns under, so entries use that lease's fence.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct ElectionGroups(pub std::collections::BTreeMap<String, String>);

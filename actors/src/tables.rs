@@ -13,23 +13,42 @@ pub use crate::devices::DEVICES;
 pub const NAMES: [&str; 4] = ["devices", "l2-announce", "leases", "policies"];
 
 /// One IP announced on one interface, wanted by one or more Services.
+///
+/// A row is desired state only for the agent run that wrote it (`run`):
+/// rows a previous process left in the database (crash, reboot, upgrade)
+/// are *inherited*. The datapath keeps what they left in the maps under the
+/// fence the previous process gave it (which closes by itself), never
+/// announces or re-arms them, and prunes them unless this run confirms
+/// their claim and writes the row again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct L2AnnounceRow {
     pub ip: IpAddr,
     pub network_interface: String,
     /// `namespace/name` of every Service that wants this entry, sorted.
     pub origins: Vec<String>,
+    /// The claim (election) the entry belongs to: the datapath answers it
+    /// only while that claim's fence is open.
+    #[serde(default)]
+    pub claim: String,
+    /// The agent run that wrote the row (see [`crate::RunId`]).
+    #[serde(default)]
+    pub run: String,
     /// Where the entry stands with the datapath (written by the reconciler).
     #[serde(default)]
     pub status: statedb::Status,
 }
 
 impl L2AnnounceRow {
-    pub const HEADER: [&'static str; 4] = ["IP", "NetworkInterface", "Origins", "Status"];
+    pub const HEADER: [&'static str; 5] = ["IP", "NetworkInterface", "Origins", "Claim", "Status"];
 
     /// The primary key: IP and interface.
     pub fn key(&self) -> String {
         announce_key(self.ip, &self.network_interface)
+    }
+
+    /// Whether the row was written by another run than `run`.
+    pub fn inherited(&self, run: &crate::RunId) -> bool {
+        self.run != run.as_str()
     }
 
     pub fn cells(&self) -> Vec<String> {
@@ -37,6 +56,7 @@ impl L2AnnounceRow {
             self.ip.to_string(),
             self.network_interface.clone(),
             self.origins.join(", "),
+            self.claim.clone(),
             self.status.to_string(),
         ]
     }
@@ -153,8 +173,12 @@ impl Row for PolicyRow {
     }
 }
 
-/// `l2-announce`: primary (IP, interface); secondary by origin Service and
-/// by interface.
+/// `l2-announce` by claim.
+pub const L2_ANNOUNCE_BY_CLAIM: Index<L2AnnounceRow> =
+    Index::non_unique("claim", |r| vec![r.claim.clone().into_bytes()]);
+
+/// `l2-announce`: primary (IP, interface); secondary by origin Service, by
+/// interface and by claim.
 pub const L2_ANNOUNCE: TableDef<L2AnnounceRow> = TableDef {
     name: "l2-announce",
     primary: Index::primary("id", |r| r.key().into_bytes()),
@@ -165,6 +189,7 @@ pub const L2_ANNOUNCE: TableDef<L2AnnounceRow> = TableDef {
         Index::non_unique("interface", |r| {
             vec![r.network_interface.clone().into_bytes()]
         }),
+        L2_ANNOUNCE_BY_CLAIM,
     ],
 };
 

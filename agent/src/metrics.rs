@@ -14,11 +14,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use actors::announce::DatapathObserver;
-use actors::kubeclient::ThrottleObserver;
+use actors::k8s::client::ThrottleObserver;
 use actors::lease::LeaseObserver;
-use actors::policy_actor::PolicyObserver;
-use actors::selection::{Candidacy, ServiceView};
-use actors::service_actor::AnnounceObserver;
+use actors::policy::PolicyObserver;
+use actors::service::{AnnounceObserver, Candidacy, ServiceView};
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -86,8 +85,6 @@ struct State {
     responses: HashMap<(IpAddr, String), u64>,
     /// The announced series per Service key.
     announced: BTreeMap<String, BTreeSet<(IpAddr, String)>>,
-    /// The Services with a `service_candidate` series.
-    candidates: BTreeSet<String>,
 }
 
 /// The agent's metrics. Share it as `Arc<Metrics>`; every observer method
@@ -441,17 +438,12 @@ impl AnnounceObserver for Metrics {
         }
     }
 
-    fn candidates(&self, services: &BTreeSet<String>) {
-        let mut state = self.state();
-        for gone in state.candidates.difference(services) {
-            let _ = self.service_candidate.remove_label_values(&[gone.as_str()]);
+    fn candidate(&self, service: &str, candidate: bool) {
+        if candidate {
+            self.service_candidate.with_label_values(&[service]).set(1);
+        } else {
+            let _ = self.service_candidate.remove_label_values(&[service]);
         }
-        for svc in services {
-            self.service_candidate
-                .with_label_values(&[svc.as_str()])
-                .set(1);
-        }
-        state.candidates = services.clone();
     }
 }
 
@@ -865,14 +857,15 @@ mod tests {
     }
 
     #[test]
-    fn candidate_gauge_follows_the_reported_set() {
+    fn candidate_gauge_follows_the_reports() {
         let m = Metrics::new().unwrap();
         let web = "l2announcer_service_candidate{service=\"default/web\"}";
         let db = "l2announcer_service_candidate{service=\"default/db\"}";
-        m.candidates(&["default/web".to_string(), "default/db".to_string()].into());
+        m.candidate("default/web", true);
+        m.candidate("default/db", true);
         assert_eq!(value_of(&m.render(), web), Some(1.0));
         assert_eq!(value_of(&m.render(), db), Some(1.0));
-        m.candidates(&["default/db".to_string()].into());
+        m.candidate("default/web", false);
         assert_eq!(value_of(&m.render(), web), None);
         assert_eq!(value_of(&m.render(), db), Some(1.0));
     }
@@ -953,7 +946,7 @@ mod tests {
         let mut c = Candidacy::default();
         c.entries.insert((ip, "eth0".into()));
         m.announcing(&ServiceView::default(), true, &c);
-        m.candidates(&["default/web".to_string()].into());
+        m.candidate("default/web", true);
         let text = m.render();
         for name in NAMES {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");

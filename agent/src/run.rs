@@ -4,18 +4,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use actix::{Actor, Addr, AsyncContext};
-use actors::announce::{self, AnnounceActor, Datapath, GratuitousConfig};
-use actors::device_table::DeviceTableWriter;
-use actors::devices::{DeviceActor, TrackerOptions};
-use actors::election::LeaseTiming;
-use actors::kubeclient;
-use actors::lease::LeaseActor;
-use actors::messages::ReleaseAll;
-use actors::policy_actor::PolicyActor;
-use actors::service_actor::ServiceActor;
+use actors::announce::{AnnouncerOptions, GratuitousConfig, SocketSender};
+use actors::control_plane::{ControlPlane, Devices, Observers, start_devices};
+use actors::k8s::client as kubeclient;
+use actors::k8s::events::{Fanout, ServiceEvents};
+use actors::lease::LeaseTiming;
 use bpf::{AttachMode, Responder, ResponderConfig};
 
 use anyhow::Context as _;
@@ -26,7 +21,6 @@ use tracing::info;
 use crate::api::{self, ApiState};
 use crate::config::{Config, LogFormat, ResponderMode};
 use crate::metrics::{self, Metrics};
-use actors::events::{Fanout, ServiceEvents};
 
 /// Sets up logging as configured; safe to call once per process.
 pub fn init_logging(config: &Config) {
@@ -66,32 +60,23 @@ fn bind_api_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// What `run` started, to stop it in order.
-struct Started {
-    lease: Option<Addr<LeaseActor>>,
-    reconciler_stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
 /// Starts device tracking, and with `--enable-l2-announcements` the
-/// datapath and the control plane.
+/// datapath and the control plane. `None` when only devices are tracked.
 async fn start_actors(
     config: &Config,
     db: &statedb::Db,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<Started> {
-    let filter = config.devices.clone();
+) -> anyhow::Result<Option<ControlPlane>> {
+    let devices = Devices::Netlink(config.devices.clone());
     if !config.enable_l2_announcements {
-        let writer = DeviceTableWriter::new(db.clone(), None)?.start();
-        DeviceActor::new(filter, TrackerOptions::default(), writer.recipient()).start();
+        start_devices(db, devices, None)?;
         info!("L2 announcements disabled (--enable-l2-announcements=false): tracking devices only");
-        return Ok(Started {
-            lease: None,
-            reconciler_stop: None,
-        });
+        return Ok(None);
     }
 
     // The datapath first: a restarted agent keeps answering from the pinned
-    // maps until the reconciler's first full pass.
+    // maps, under the fences the previous run gave them, until this run
+    // confirms or gives up each claim.
     let responder = Responder::open(&ResponderConfig {
         pin_dir: config.bpf_root.clone(),
         max_liveness: config.max_liveness_age(),
@@ -106,23 +91,6 @@ async fn start_actors(
         ResponderMode::Tc => AttachMode::Tc,
         ResponderMode::Xdp => AttachMode::Xdp,
     };
-    let datapath = Arc::new(Mutex::new(Datapath::new(responder, mode)));
-    // Built (and its fence slots recovered) before any actor can renew.
-    let reconciler = announce::reconciler(
-        db,
-        datapath.clone(),
-        GratuitousConfig {
-            count: config.l2_gratuitous_count,
-            interval: config.l2_gratuitous_interval,
-        },
-        metrics.clone(),
-    )?;
-    let announce = AnnounceActor::new(
-        datapath.clone(),
-        config.agent_liveness_update_interval,
-        metrics.clone(),
-    )
-    .start();
 
     // One Kubernetes client, created here on the System arbiter.
     let kube_config = kubeclient::load_config(config.k8s_kubeconfig_path.as_deref())
@@ -135,59 +103,44 @@ async fn start_actors(
         config.k8s_client_burst,
         metrics.clone(),
     )?;
-
     let timing = LeaseTiming {
         lease_duration: config.lease_duration,
         renew_deadline: config.renew_deadline,
         retry_period: config.retry_period,
     };
-    let service_ctx = actix::Context::<ServiceActor>::new();
-    let service_addr = service_ctx.address();
-    let lease = LeaseActor::new(
-        client.clone(),
+    let observers = Observers {
+        lease: metrics.clone(),
+        announce: Arc::new(Fanout(vec![
+            metrics.clone(),
+            ServiceEvents::start(client.clone(), &config.node_name),
+        ])),
+        policy: metrics.clone(),
+        datapath: metrics.clone(),
+    };
+    let control_plane = ControlPlane::builder(
+        client,
+        db.clone(),
+        &config.node_name,
         &config.k8s_namespace,
-        &config.node_name,
         timing,
-        db.clone(),
-        service_addr.clone().recipient(),
-        announce.clone().recipient(),
-        metrics.clone(),
-    )?
-    .with_client_qps(config.k8s_client_qps)
-    .start();
-    let announce_observers = Fanout(vec![
-        metrics.clone(),
-        ServiceEvents::start(client.clone(), &config.node_name),
-    ]);
-    let service = ServiceActor::new(
-        client.clone(),
-        &config.node_name,
-        config.enable_external_ips,
-        db.clone(),
-        lease.clone().recipient(),
-        lease.clone().recipient(),
-        announce.clone().recipient(),
-        Arc::new(announce_observers),
+    )
+    .external_ips(config.enable_external_ips)
+    .client_qps(config.k8s_client_qps)
+    .devices(devices)
+    .observers(observers)
+    .start(
+        responder,
+        SocketSender,
+        AnnouncerOptions {
+            mode,
+            gratuitous: GratuitousConfig {
+                count: config.l2_gratuitous_count,
+                interval: config.l2_gratuitous_interval,
+            },
+            liveness_interval: config.agent_liveness_update_interval,
+        },
     )?;
-    service_ctx.run(service);
-    PolicyActor::new(client, service_addr.clone().recipient(), metrics.clone()).start();
-
-    let writer = DeviceTableWriter::new(db.clone(), Some(service_addr.recipient()))?.start();
-    DeviceActor::new(filter, TrackerOptions::default(), writer.recipient()).start();
-
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    actix_rt::spawn(async move {
-        let stop = async move {
-            let _ = stop_rx.await;
-        };
-        if let Err(e) = reconciler.run(stop).await {
-            tracing::error!(error = %e, "announce reconciler stopped");
-        }
-    });
-    Ok(Started {
-        lease: Some(lease),
-        reconciler_stop: Some(stop_tx),
-    })
+    Ok(Some(control_plane))
 }
 
 /// Runs the agent until a termination signal; returns when shut down.
@@ -238,16 +191,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             _ = sigint.recv() => "SIGINT",
         };
         info!(signal = signal_name, "shutting down");
-        // Leases first, so that another node takes over at once.
-        if let Some(lease) = &started.lease {
-            match tokio::time::timeout(RELEASE_TIMEOUT, lease.send(ReleaseAll)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "releasing leases"),
-                Err(_) => tracing::warn!("releasing leases timed out"),
-            }
-        }
-        if let Some(stop) = started.reconciler_stop {
-            let _ = stop.send(());
+        // Fences closed, then leases released, so that another node takes
+        // over at once and never alongside this one.
+        if let Some(control_plane) = started {
+            control_plane.shutdown(RELEASE_TIMEOUT).await;
         }
         let _ = stop_tx.send(true);
         match server.await {

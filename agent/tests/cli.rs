@@ -131,6 +131,8 @@ fn seed(db_path: &Path) {
                 ip: "192.0.2.10".parse().expect("ip"),
                 network_interface: "eth0".into(),
                 origins: vec!["default/web".into()],
+                claim: "default/web".into(),
+                run: "1-1".into(),
                 status: statedb::Status::Done,
             },
         )

@@ -11,11 +11,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use actors::announce::DatapathObserver;
-use actors::kubeclient::ThrottleObserver;
+use actors::k8s::client::ThrottleObserver;
 use actors::lease::LeaseObserver;
-use actors::policy_actor::PolicyObserver;
-use actors::selection::{Candidacy, ServiceView};
-use actors::service_actor::AnnounceObserver;
+use actors::policy::PolicyObserver;
+use actors::service::{AnnounceObserver, Candidacy, ServiceView};
 use integration::prom;
 use l2announcer::metrics::Metrics;
 
@@ -57,7 +56,7 @@ fn populated() -> Metrics {
         ..Default::default()
     };
     m.announcing(&view, true, &c);
-    m.candidates(&["default/web".to_string()].into());
+    m.candidate("default/web", true);
     m.liveness_refreshed();
     m.observe_reconcile(Duration::from_micros(300), 1);
     m.invalid_policies(1);

@@ -13,11 +13,13 @@
 
 pub mod garp;
 pub mod maps;
+mod pinned;
 mod responder;
 mod sys;
 
 pub use garp::{GratuitousError, send_gratuitous_arp, send_unsolicited_na};
 pub use maps::{LEASE_FENCE_SLOTS, MacAddr, RESPONDER_MAX_ENTRIES};
+pub use pinned::PinnedMaps;
 pub use responder::{
     AttachMode, AttachedLink, Responder, ResponderConfig, ResponderEntry, ResponderError,
     TC_PROGRAM, XDP_PROGRAM,

@@ -38,10 +38,10 @@ pub const TC_PROGRAM: &str = "l2_responder";
 /// Name of the XDP program in the object.
 pub const XDP_PROGRAM: &str = "l2_responder_xdp";
 
-const MAP_V4: &str = "l2_responder_v4";
-const MAP_V6: &str = "l2_responder_v6";
-const MAP_LIVENESS: &str = "agent_liveness";
-const MAP_FENCE: &str = "lease_fence";
+pub(crate) const MAP_V4: &str = "l2_responder_v4";
+pub(crate) const MAP_V6: &str = "l2_responder_v6";
+pub(crate) const MAP_LIVENESS: &str = "agent_liveness";
+pub(crate) const MAP_FENCE: &str = "lease_fence";
 const MAP_IFMAC: &str = "l2_responder_ifmac";
 const MAP_CONFIG: &str = "l2_responder_config";
 const LINKS_DIR: &str = "links";
@@ -181,7 +181,7 @@ pub enum ResponderError {
     FenceSlot(u32),
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ResponderError {
+pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ResponderError {
     move |source| ResponderError::Map {
         map,
         source: Box::new(source),
@@ -195,7 +195,7 @@ fn prog_err(program: &'static str) -> impl FnOnce(ProgramError) -> ResponderErro
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ResponderError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ResponderError + '_ {
     move |source| ResponderError::Io {
         path: path.to_owned(),
         source,
@@ -386,26 +386,7 @@ impl Responder {
 
     /// Every entry of both maps with its counter.
     pub fn list(&self) -> Result<Vec<ResponderEntry>, ResponderError> {
-        let mut out = Vec::new();
-        for item in self.v4.iter() {
-            let (k, v) = item.map_err(map_err(MAP_V4))?;
-            out.push(ResponderEntry {
-                ip: IpAddr::V4(k.addr()),
-                ifindex: k.ifindex,
-                fence_slot: v.fence_slot,
-                responses_sent: v.responses_sent,
-            });
-        }
-        for item in self.v6.iter() {
-            let (k, v) = item.map_err(map_err(MAP_V6))?;
-            out.push(ResponderEntry {
-                ip: IpAddr::V6(k.addr()),
-                ifindex: k.ifindex,
-                fence_slot: v.fence_slot,
-                responses_sent: v.responses_sent,
-            });
-        }
-        Ok(out)
+        list_entries(&self.v4, &self.v6)
     }
 
     /// Stamps `agent_liveness` with the current monotonic time; returns it.
@@ -593,16 +574,7 @@ impl Responder {
 
     /// The attachments pinned under this responder's directory.
     pub fn attached(&self) -> Result<Vec<AttachedLink>, ResponderError> {
-        let dir = self.pin_dir.join(LINKS_DIR);
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
-            if let Some(link) = entry.file_name().to_str().and_then(parse_link_name) {
-                out.push(link);
-            }
-        }
-        out.sort();
-        Ok(out)
+        pinned_links(&self.pin_dir)
     }
 
     /// Removes every pinned attachment not in `keep` (left by an earlier
@@ -695,6 +667,47 @@ impl Responder {
     fn remove_link(&mut self, ifindex: u32, mode: AttachMode) -> Result<bool, ResponderError> {
         remove_file_if_exists(&self.link_path(ifindex, mode))
     }
+}
+
+/// Every entry of both responder maps with its counter.
+pub(crate) fn list_entries(
+    v4: &HashMap<MapData, V4Key, EntryValue>,
+    v6: &HashMap<MapData, V6Key, EntryValue>,
+) -> Result<Vec<ResponderEntry>, ResponderError> {
+    let mut out = Vec::new();
+    for item in v4.iter() {
+        let (k, v) = item.map_err(map_err(MAP_V4))?;
+        out.push(ResponderEntry {
+            ip: IpAddr::V4(k.addr()),
+            ifindex: k.ifindex,
+            fence_slot: v.fence_slot,
+            responses_sent: v.responses_sent,
+        });
+    }
+    for item in v6.iter() {
+        let (k, v) = item.map_err(map_err(MAP_V6))?;
+        out.push(ResponderEntry {
+            ip: IpAddr::V6(k.addr()),
+            ifindex: k.ifindex,
+            fence_slot: v.fence_slot,
+            responses_sent: v.responses_sent,
+        });
+    }
+    Ok(out)
+}
+
+/// The attachments pinned under `pin_dir`.
+pub(crate) fn pinned_links(pin_dir: &Path) -> Result<Vec<AttachedLink>, ResponderError> {
+    let dir = pin_dir.join(LINKS_DIR);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+        let entry = entry.map_err(io_err(&dir))?;
+        if let Some(link) = entry.file_name().to_str().and_then(parse_link_name) {
+            out.push(link);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn check_slot(slot: u32) -> Result<(), ResponderError> {

@@ -1,51 +1,43 @@
-//! In-process control-plane nodes: the agent's Policy, Service and Lease
-//! actors on their own actix System (one thread per node) against an API
-//! server, with the datapath replaced by a recorder of what the
-//! AnnounceActor would receive (fences, election groups). Devices are given
-//! by the test instead of netlink. For the datapath itself see the
-//! namespace tests; for whole agents, the lab.
+//! In-process control-plane nodes: one agent's control plane — the same
+//! [`ControlPlane`] the agent starts — on its own actix System (one thread
+//! per node) against an API server, with the eBPF maps replaced by the
+//! in-memory model [`MemoryDatapath`] (fences, entries and gratuitous
+//! announcements included) and devices given by the test instead of
+//! netlink. For the real datapath see the namespace tests; for whole
+//! agents, the lab.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler};
-use actors::election::LeaseTiming;
-use actors::events::ServiceEvents;
-use actors::kubeclient::{self, ThrottleObserver};
-use actors::lease::{LeaseActor, NoLeaseObserver};
-use actors::messages::{ElectionGroups, ReleaseAll, Renewed, SelectedDevices};
-use actors::policy_actor::{NoPolicyObserver, PolicyActor};
-use actors::service_actor::ServiceActor;
+use actors::announce::{AnnouncerOptions, DatapathObserver, GratuitousConfig, MemoryDatapath};
+use actors::control_plane::{ControlPlane, Devices, Observers};
+use actors::devices::DeviceRow;
+use actors::k8s::client::{self as kubeclient, ThrottleObserver};
+use actors::k8s::events::ServiceEvents;
+use actors::lease::LeaseTiming;
 use actors::tables::{L2_ANNOUNCE, L2AnnounceRow, LEASES, LeaseRow, POLICIES, PolicyRow};
+use bpf::AttachMode;
 
 /// What the datapath side of one node received.
 #[derive(Debug, Default)]
 pub struct DatapathLog {
-    /// Every fence extension: (election, fence_until, received at).
+    /// Every fence opening: (claim, fence_until, received at).
     pub renewed: Vec<(String, Instant, Instant)>,
-    pub groups: BTreeMap<String, String>,
+    /// Every fence closing: (claim, received at).
+    pub closed: Vec<(String, Instant)>,
 }
 
 struct Recorder(Arc<Mutex<DatapathLog>>);
 
-impl Actor for Recorder {
-    type Context = Context<Self>;
-}
-
-impl Handler<Renewed> for Recorder {
-    type Result = ();
-    fn handle(&mut self, msg: Renewed, _: &mut Context<Self>) {
+impl DatapathObserver for Recorder {
+    fn fence(&self, claim: &str, until: Option<Instant>) {
         let mut log = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        log.renewed
-            .push((msg.service, msg.fence_until, Instant::now()));
-    }
-}
-
-impl Handler<ElectionGroups> for Recorder {
-    type Result = ();
-    fn handle(&mut self, msg: ElectionGroups, _: &mut Context<Self>) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).groups = msg.0;
+        match until {
+            Some(until) => log.renewed.push((claim.to_string(), until, Instant::now())),
+            None => log.closed.push((claim.to_string(), Instant::now())),
+        }
     }
 }
 
@@ -98,8 +90,10 @@ pub struct ControlPlaneNode {
     pub db: statedb::Db,
     pub log: Arc<Mutex<DatapathLog>>,
     pub waits: Arc<WaitCounter>,
+    /// The node's modelled datapath.
+    pub datapath: MemoryDatapath,
     system: Option<actix::System>,
-    lease: Option<Addr<LeaseActor>>,
+    control_plane: Option<ControlPlane>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -110,19 +104,44 @@ pub enum NodeError {
     Start(String, String),
 }
 
+/// The device rows of a node with `names` (ifindexes as in `datapath`).
+fn device_rows(names: &BTreeSet<String>, datapath: &MemoryDatapath) -> Vec<DeviceRow> {
+    let state = datapath.state();
+    names
+        .iter()
+        .map(|name| {
+            let index = state.interfaces.get(name).copied().unwrap_or(0);
+            DeviceRow {
+                name: name.clone(),
+                index,
+                selected: true,
+                kind: "veth".to_string(),
+                mtu: 1500,
+                hw_addr: format!("02:00:00:00:00:{index:02x}"),
+                flags: vec!["up".to_string()],
+                addresses: Vec::new(),
+                master_index: None,
+                oper_state: "up".to_string(),
+            }
+        })
+        .collect()
+}
+
 impl ControlPlaneNode {
-    /// Starts the node's actors against the API server at `url`.
+    /// Starts the node's control plane against the API server at `url`.
     pub fn start(url: &str, options: NodeOptions) -> Result<ControlPlaneNode, NodeError> {
         let err = |e: &dyn std::fmt::Display| NodeError::Start(options.name.clone(), e.to_string());
         let db = statedb::Db::open_temporary().map_err(|e| err(&e))?;
         let log = Arc::new(Mutex::new(DatapathLog::default()));
         let waits = Arc::new(WaitCounter::default());
+        let datapath = MemoryDatapath::with_interfaces(options.devices.iter().map(String::as_str));
         let uri: http::Uri = url.parse().map_err(|e| err(&e))?;
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = {
             let db = db.clone();
             let log = log.clone();
             let waits = waits.clone();
+            let datapath = datapath.clone();
             let options = options.clone();
             std::thread::spawn(move || {
                 let system = actix::System::new();
@@ -138,39 +157,34 @@ impl ControlPlaneNode {
                         waits,
                     )
                     .map_err(|e| e.to_string())?;
-                    let recorder = Recorder(log).start();
-                    let service_ctx = Context::<ServiceActor>::new();
-                    let service_addr = service_ctx.address();
-                    let lease = LeaseActor::new(
-                        client.clone(),
-                        &options.namespace,
-                        &options.name,
-                        options.timing,
-                        db.clone(),
-                        service_addr.clone().recipient(),
-                        recorder.clone().recipient(),
-                        Arc::new(NoLeaseObserver),
-                    )
-                    .map_err(|e| e.to_string())?
-                    .with_gc_interval(options.gc_interval)
-                    .start();
-                    let events = ServiceEvents::start(client.clone(), &options.name);
-                    let service = ServiceActor::new(
-                        client.clone(),
-                        &options.name,
-                        options.external_ips_enabled,
+                    let observers = Observers {
+                        announce: ServiceEvents::start(client.clone(), &options.name),
+                        datapath: Arc::new(Recorder(log)),
+                        ..Observers::default()
+                    };
+                    let devices = Devices::Fixed(device_rows(&options.devices, &datapath));
+                    let control_plane = ControlPlane::builder(
+                        client,
                         db,
-                        lease.clone().recipient(),
-                        lease.clone().recipient(),
-                        recorder.recipient(),
-                        events,
+                        &options.name,
+                        &options.namespace,
+                        options.timing,
+                    )
+                    .external_ips(options.external_ips_enabled)
+                    .lease_gc_interval(options.gc_interval)
+                    .devices(devices)
+                    .observers(observers)
+                    .start(
+                        datapath.clone(),
+                        datapath,
+                        AnnouncerOptions {
+                            mode: AttachMode::Tc,
+                            gratuitous: GratuitousConfig::default(),
+                            liveness_interval: Duration::from_secs(1),
+                        },
                     )
                     .map_err(|e| e.to_string())?;
-                    service_ctx.run(service);
-                    service_addr.do_send(SelectedDevices(options.devices.clone()));
-                    PolicyActor::new(client, service_addr.recipient(), Arc::new(NoPolicyObserver))
-                        .start();
-                    Ok::<_, String>((actix::System::current(), lease))
+                    Ok::<_, String>((actix::System::current(), control_plane))
                 });
                 let ok = started.is_ok();
                 let _ = tx.send(started);
@@ -179,14 +193,15 @@ impl ControlPlaneNode {
                 }
             })
         };
-        let (system, lease) = rx.recv().map_err(|e| err(&e))?.map_err(|e| err(&e))?;
+        let (system, control_plane) = rx.recv().map_err(|e| err(&e))?.map_err(|e| err(&e))?;
         Ok(ControlPlaneNode {
             name: options.name,
             db,
             log,
             waits,
+            datapath,
             system: Some(system),
-            lease: Some(lease),
+            control_plane: Some(control_plane),
             thread: Some(thread),
         })
     }
@@ -223,26 +238,38 @@ impl ControlPlaneNode {
             .collect()
     }
 
-    /// The last fence this node's datapath was given for `election`.
-    pub fn last_fence(&self, election: &str) -> Option<Instant> {
+    /// The IPs the modelled datapath answers now, per interface index.
+    pub fn answering(&self) -> BTreeMap<u32, BTreeSet<IpAddr>> {
+        let now = bpf::monotonic_now_ns();
+        let state = self.datapath.state();
+        let mut out: BTreeMap<u32, BTreeSet<IpAddr>> = BTreeMap::new();
+        for &(ip, ifindex) in state.entries.keys() {
+            if state.answers(ip, ifindex, now) {
+                out.entry(ifindex).or_default().insert(ip);
+            }
+        }
+        out
+    }
+
+    /// The last fence this node's datapath was given for `claim`.
+    pub fn last_fence(&self, claim: &str) -> Option<Instant> {
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         log.renewed
             .iter()
             .rev()
-            .find(|(e, _, _)| e == election)
+            .find(|(e, _, _)| e == claim)
             .map(|(_, f, _)| *f)
     }
 
-    /// Graceful stop, as on SIGTERM: releases the leases, then stops.
+    /// Graceful stop, as on SIGTERM: fences closed, leases released, then
+    /// everything stopped.
     pub fn terminate(&mut self) {
-        if let Some(lease) = self.lease.take() {
+        if let Some(control_plane) = self.control_plane.take() {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
             if let Ok(rt) = rt {
-                let _ = rt.block_on(async {
-                    tokio::time::timeout(Duration::from_secs(3), lease.send(ReleaseAll)).await
-                });
+                rt.block_on(control_plane.shutdown(Duration::from_secs(3)));
             }
         }
         self.kill();
@@ -250,7 +277,7 @@ impl ControlPlaneNode {
 
     /// Stops at once, releasing nothing (as a crash).
     pub fn kill(&mut self) {
-        self.lease = None;
+        self.control_plane = None;
         if let Some(system) = self.system.take() {
             system.stop();
         }

@@ -1,30 +1,27 @@
 //! The agent's datapath code path, run in-process inside a network
 //! namespace: [`InProcessAgent`] starts a thread that enters the namespace
-//! and runs an actix System with the DeviceActor (writing the `devices`
-//! table through `DeviceTableWriter`), the AnnounceActor and the
-//! `l2-announce` reconciler over a temporary statedb, with the eBPF
-//! responder pinned in a fresh bpffs directory. Tests play the parts of the
-//! ServiceActor (rows in `l2-announce`) and the LeaseActor (`Renewed`,
-//! `ElectionGroups`).
+//! and runs an actix System with the device tracking (netlink into the
+//! `devices` table) and the announcer over a temporary statedb — both
+//! started as the agent starts them ([`actors::control_plane`]) — with the
+//! eBPF responder pinned in a fresh bpffs directory. Tests play the parts
+//! of the ServiceActor (rows in `l2-announce`) and of the elections
+//! (opening and closing fences), and read the pinned maps from the side.
 //!
 //! It is not the agent binary: no Kubernetes, no CLI, no local API.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ::actors::RunId;
 use ::actors::announce::{
-    AnnounceActor, Datapath, DatapathObserver, GratuitousConfig, NoDatapathObserver,
+    AnnouncerGone, AnnouncerOptions, Fences, GratuitousConfig, NoDatapathObserver, SocketSender,
 };
-use ::actors::device_table::DeviceTableWriter;
-use ::actors::devices::{DEVICES, DeviceActor, DeviceFilter, DeviceRow, TrackerOptions};
-use ::actors::messages::{ElectionGroups, Renewed};
+use ::actors::control_plane::{DatapathTask, Devices, start_devices};
+use ::actors::devices::{DEVICES, DeviceFilter, DeviceRow};
 use ::actors::tables::{L2_ANNOUNCE, L2AnnounceRow, announce_key};
-use actix::prelude::*;
-use bpf::{AttachMode, Responder, ResponderConfig, ResponderEntry};
+use bpf::{AttachMode, PinnedMaps, Responder, ResponderConfig, ResponderEntry};
 use statedb::{Status, Table};
 
 use crate::netns::{Netns, NetnsError, unique_name};
@@ -38,8 +35,8 @@ pub enum AgentError {
     Responder(#[from] bpf::ResponderError),
     #[error(transparent)]
     Statedb(#[from] statedb::Error),
-    #[error("sending to the AnnounceActor: {0}")]
-    Mailbox(#[from] MailboxError),
+    #[error(transparent)]
+    Announcer(#[from] AnnouncerGone),
     #[error("mounting bpffs at /sys/fs/bpf: {0}")]
     Bpffs(String),
     #[error("agent thread: {0}")]
@@ -55,7 +52,7 @@ pub enum AgentError {
 pub struct AgentConfig {
     /// Maximum liveness age the datapath accepts.
     pub max_liveness: Duration,
-    /// How often the AnnounceActor refreshes liveness.
+    /// How often the announcer refreshes liveness.
     pub liveness_interval: Duration,
     pub gratuitous: GratuitousConfig,
     pub mode: AttachMode,
@@ -108,22 +105,21 @@ pub fn wait_for<T>(
     }
 }
 
-fn lock(dp: &Mutex<Datapath>) -> MutexGuard<'_, Datapath> {
-    dp.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The agent's datapath actors running in a namespace. Dropping it stops
-/// them and removes the pinned maps and links.
+/// The agent's datapath running in a namespace. Dropping it stops it and
+/// removes the pinned maps and links.
 pub struct InProcessAgent {
     db: statedb::Db,
     rows: Table<L2AnnounceRow>,
     devices: Table<DeviceRow>,
-    announce: Addr<AnnounceActor>,
+    run: RunId,
+    fences: Fences,
+    maps: PinnedMaps,
     system: Option<actix::System>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
-    datapath: Option<Arc<Mutex<Datapath>>>,
     pin_dir: PathBuf,
+    ns_name: String,
+    ns_path: PathBuf,
+    config: AgentConfig,
 }
 
 impl std::fmt::Debug for InProcessAgent {
@@ -148,7 +144,7 @@ impl Drop for PinGuard {
     }
 }
 
-type Started = Result<(Addr<AnnounceActor>, actix::System), String>;
+type Started = Result<(Fences, actix::System), String>;
 
 impl InProcessAgent {
     /// Opens the responder under `/sys/fs/bpf/l2a-dp-<pid>-<n>`, starts the
@@ -162,64 +158,50 @@ impl InProcessAgent {
         ensure_bpffs()?;
         let pin_dir = Path::new("/sys/fs/bpf").join(unique_name("l2a-dp"));
         let mut guard = PinGuard(Some(pin_dir.clone()));
-        let responder = Responder::open(&ResponderConfig {
-            pin_dir: pin_dir.clone(),
-            max_liveness: config.max_liveness,
-        })?;
-        let datapath = Arc::new(Mutex::new(Datapath::new(responder, config.mode)));
         let db = statedb::Db::open_temporary()?;
-        let rows = Table::open(&db, L2_ANNOUNCE)?;
-        let devices = Table::open(&db, DEVICES)?;
-
-        let (started_tx, started_rx) = std::sync::mpsc::channel::<Started>();
-        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = {
-            let db = db.clone();
-            let datapath = datapath.clone();
-            let ns_path = ns.path();
-            let ns_name = ns.name().to_string();
-            std::thread::Builder::new()
-                .name(format!("agent-{ns_name}"))
-                .spawn(move || {
-                    agent_thread(
-                        &ns_name,
-                        &ns_path,
-                        db,
-                        datapath,
-                        config,
-                        shutdown_rx,
-                        started_tx,
-                    )
-                })
-                .map_err(|e| AgentError::Thread(e.to_string()))?
-        };
-        let (announce, system) = match started_rx.recv() {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                return Err(AgentError::Thread(e));
-            }
-            Err(_) => {
-                let _ = thread.join();
-                return Err(AgentError::Thread("exited before starting".into()));
-            }
-        };
+        let run = RunId::new();
+        let (fences, system, thread) =
+            spawn_agent(ns.name(), &ns.path(), &pin_dir, &db, &run, config)?;
+        let maps = PinnedMaps::open(&pin_dir)?;
         guard.0 = None;
         let agent = InProcessAgent {
+            rows: Table::open(&db, L2_ANNOUNCE)?,
+            devices: Table::open(&db, DEVICES)?,
             db,
-            rows,
-            devices,
-            announce,
+            run,
+            fences,
+            maps,
             system: Some(system),
-            shutdown: Some(shutdown_tx),
             thread: Some(thread),
-            datapath: Some(datapath),
             pin_dir,
+            ns_name: ns.name().to_string(),
+            ns_path: ns.path(),
+            config,
         };
         for name in wait_devices {
             agent.wait_device(name, Duration::from_secs(10))?;
         }
         Ok(agent)
+    }
+
+    /// Kills the agent (as [`Self::stop`]) and starts a new run over the
+    /// same state database and pinned maps, as a restarted agent process:
+    /// rows and entries of the previous run are inherited.
+    pub fn restart(&mut self) -> Result<(), AgentError> {
+        self.stop();
+        self.run = RunId::new();
+        let (fences, system, thread) = spawn_agent(
+            &self.ns_name,
+            &self.ns_path,
+            &self.pin_dir,
+            &self.db,
+            &self.run,
+            self.config,
+        )?;
+        self.fences = fences;
+        self.system = Some(system);
+        self.thread = Some(thread);
+        Ok(())
     }
 
     pub fn db(&self) -> &statedb::Db {
@@ -242,22 +224,32 @@ impl InProcessAgent {
         })
     }
 
-    /// Writes a pending `l2-announce` row, as the ServiceActor does.
+    /// Writes a pending `l2-announce` row of this run, as the ServiceActor
+    /// does, under the claim of its first origin.
     pub fn upsert(&self, ip: IpAddr, interface: &str, origins: &[&str]) -> Result<(), AgentError> {
         let mut origins: Vec<String> = origins.iter().map(|s| s.to_string()).collect();
         origins.sort();
+        self.write_row(L2AnnounceRow {
+            ip,
+            network_interface: interface.to_string(),
+            claim: origins.first().cloned().unwrap_or_default(),
+            origins,
+            run: self.run.as_str().to_string(),
+            status: Status::Pending,
+        })
+    }
+
+    /// Writes `row` as it is (e.g. a row of another run).
+    pub fn write_row(&self, row: L2AnnounceRow) -> Result<(), AgentError> {
         let mut txn = self.db.write_txn();
-        self.rows.insert(
-            &mut txn,
-            L2AnnounceRow {
-                ip,
-                network_interface: interface.to_string(),
-                origins,
-                status: Status::Pending,
-            },
-        )?;
+        self.rows.insert(&mut txn, row)?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// This agent's run.
+    pub fn run_id(&self) -> &RunId {
+        &self.run
     }
 
     /// Deletes the row of (`ip`, `interface`); whether there was one.
@@ -311,79 +303,58 @@ impl InProcessAgent {
         })
     }
 
-    /// `Renewed{service, fence_until}` to the AnnounceActor, as the
-    /// LeaseActor sends it; returns once handled.
-    pub fn renewed(&self, service: &str, fence_until: Instant) -> Result<(), AgentError> {
-        self.send(Renewed {
-            service: service.to_string(),
-            fence_until,
-        })
-    }
-
-    /// `ElectionGroups` (Service -> election key) to the AnnounceActor.
-    pub fn election_groups(&self, groups: &[(&str, &str)]) -> Result<(), AgentError> {
-        let map: BTreeMap<String, String> = groups
-            .iter()
-            .map(|(s, e)| (s.to_string(), e.to_string()))
-            .collect();
-        self.send(ElectionGroups(map))
-    }
-
-    fn send<M>(&self, msg: M) -> Result<(), AgentError>
-    where
-        M: Message<Result = ()> + Send + 'static,
-        AnnounceActor: Handler<M>,
-    {
+    /// Opens (or extends) `claim`'s fence until `until`, as an election
+    /// does on a renewal; returns once the datapath holds it.
+    pub fn open_fence(&self, claim: &str, until: Instant) -> Result<(), AgentError> {
         if self.system.is_none() {
             return Err(AgentError::Stopped);
         }
-        futures::executor::block_on(self.announce.send(msg))?;
+        futures::executor::block_on(self.fences.opened(claim, until))?;
         Ok(())
     }
 
-    fn datapath(&self) -> Result<MutexGuard<'_, Datapath>, AgentError> {
-        self.datapath
-            .as_deref()
-            .map(lock)
-            .ok_or(AgentError::Stopped)
+    /// Closes `claim`'s fence; returns once the datapath holds it closed.
+    pub fn close_fence(&self, claim: &str) -> Result<(), AgentError> {
+        if self.system.is_none() {
+            return Err(AgentError::Stopped);
+        }
+        futures::executor::block_on(self.fences.close(claim))?;
+        Ok(())
     }
 
     /// The responder's map entry for `ip` on `ifindex`, if any.
     pub fn entry(&self, ip: IpAddr, ifindex: u32) -> Result<Option<ResponderEntry>, AgentError> {
         Ok(self
-            .datapath()?
-            .responses()?
+            .maps
+            .entries()?
             .into_iter()
             .find(|e| e.ip == ip && e.ifindex == ifindex))
     }
 
     /// Every responder map entry.
     pub fn entries(&self) -> Result<Vec<ResponderEntry>, AgentError> {
-        Ok(self.datapath()?.responses()?)
+        Ok(self.maps.entries()?)
     }
 
     /// `lease_fence[slot]` (CLOCK_MONOTONIC ns).
     pub fn fence_ns(&self, slot: u32) -> Result<u64, AgentError> {
-        Ok(self.datapath()?.responder().fence(slot)?)
+        Ok(self.maps.fence(slot)?)
     }
 
     /// `agent_liveness[0]` (CLOCK_MONOTONIC ns).
     pub fn liveness_ns(&self) -> Result<u64, AgentError> {
-        Ok(self.datapath()?.responder().liveness()?)
+        Ok(self.maps.liveness()?)
     }
 
     /// Interfaces the responder is attached to (pinned links).
     pub fn attached(&self) -> Result<Vec<bpf::AttachedLink>, AgentError> {
-        Ok(self.datapath()?.responder().attached()?)
+        Ok(self.maps.attached()?)
     }
 
-    /// Stops the actors and the reconciler, as if the agent died: the pinned
-    /// program and maps stay and keep answering until liveness or the
-    /// fences run out. Map reads keep working.
+    /// Stops the announcer and device tracking, as if the agent died: the
+    /// pinned program and maps stay and keep answering until liveness or
+    /// the fences run out. Map reads keep working.
     pub fn stop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
         if let Some(system) = self.system.take() {
             system.stop();
         }
@@ -398,10 +369,46 @@ impl InProcessAgent {
 impl Drop for InProcessAgent {
     fn drop(&mut self) {
         self.stop();
-        // The responder (maps, programs) goes before its pins.
-        self.datapath = None;
         if let Err(e) = Responder::remove_pins(&self.pin_dir) {
             tracing::warn!(dir = %self.pin_dir.display(), error = %e, "removing pins");
+        }
+    }
+}
+
+/// Opens the responder on `pin_dir` and starts the agent thread in the
+/// namespace; waits until it runs.
+fn spawn_agent(
+    ns_name: &str,
+    ns_path: &Path,
+    pin_dir: &Path,
+    db: &statedb::Db,
+    run: &RunId,
+    config: AgentConfig,
+) -> Result<(Fences, actix::System, JoinHandle<()>), AgentError> {
+    let responder = Responder::open(&ResponderConfig {
+        pin_dir: pin_dir.to_owned(),
+        max_liveness: config.max_liveness,
+    })?;
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<Started>();
+    let thread = {
+        let db = db.clone();
+        let run = run.clone();
+        let ns_path = ns_path.to_owned();
+        let ns_name = ns_name.to_string();
+        std::thread::Builder::new()
+            .name(format!("agent-{ns_name}"))
+            .spawn(move || agent_thread(&ns_name, &ns_path, db, run, responder, config, started_tx))
+            .map_err(|e| AgentError::Thread(e.to_string()))?
+    };
+    match started_rx.recv() {
+        Ok(Ok((fences, system))) => Ok((fences, system, thread)),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(AgentError::Thread(e))
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(AgentError::Thread("exited before starting".into()))
         }
     }
 }
@@ -410,9 +417,9 @@ fn agent_thread(
     ns_name: &str,
     ns_path: &Path,
     db: statedb::Db,
-    datapath: Arc<Mutex<Datapath>>,
+    run: RunId,
+    responder: Responder,
     config: AgentConfig,
-    shutdown: tokio::sync::oneshot::Receiver<()>,
     started: std::sync::mpsc::Sender<Started>,
 ) {
     let entered = crate::netns::enter_path(ns_name, ns_path);
@@ -421,38 +428,33 @@ fn agent_thread(
         return;
     }
     let system = actix::System::new();
-    let observer: Arc<dyn DatapathObserver> = Arc::new(NoDatapathObserver);
     let result = system.block_on(async move {
-        let writer = DeviceTableWriter::new(db.clone(), None)?.start();
-        DeviceActor::new(
-            DeviceFilter::all(),
-            TrackerOptions::default(),
-            writer.recipient(),
-        )
-        .start();
-        let announce =
-            AnnounceActor::new(datapath.clone(), config.liveness_interval, observer.clone())
-                .start();
-        let reconciler =
-            ::actors::announce::reconciler(&db, datapath, config.gratuitous, observer)?;
-        actix::spawn(async move {
-            let stop = async {
-                let _ = shutdown.await;
-            };
-            if let Err(e) = reconciler.run(stop).await {
-                tracing::error!(error = %e, "l2-announce reconciler failed");
-            }
-        });
-        Ok::<_, statedb::Error>(announce)
+        let datapath = DatapathTask::start(
+            &db,
+            run,
+            responder,
+            SocketSender,
+            AnnouncerOptions {
+                mode: config.mode,
+                gratuitous: config.gratuitous,
+                liveness_interval: config.liveness_interval,
+            },
+            std::sync::Arc::new(NoDatapathObserver),
+        )?;
+        start_devices(&db, Devices::Netlink(DeviceFilter::all()), None)?;
+        Ok::<_, ::actors::ControlPlaneError>(datapath)
     });
     match result {
-        Ok(addr) => {
-            if started.send(Ok((addr, actix::System::current()))).is_err() {
+        Ok(datapath) => {
+            let sent = started.send(Ok((datapath.fences.clone(), actix::System::current())));
+            if sent.is_err() {
                 return;
             }
             if let Err(e) = system.run() {
                 tracing::error!(error = %e, "agent system");
             }
+            // Held while the system runs: dropping it stops the announcer.
+            drop(datapath);
         }
         Err(e) => {
             let _ = started.send(Err(e.to_string()));

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use actors::election::LeaseTiming;
+use actors::lease::LeaseTiming;
 use actors::policy::CiliumL2AnnouncementPolicy;
 use integration::apiserver::{ClientMatch, TestApiServer};
 use integration::controlplane::{ControlPlaneNode, NodeOptions, wait_for};

@@ -1,10 +1,10 @@
-//! End to end in namespaces: the agent's datapath code path (DeviceActor,
-//! AnnounceActor, the `l2-announce` reconciler, the pinned eBPF responder)
+//! End to end in namespaces: the agent's datapath code path (device
+//! tracking, the announcer with its reconciler, the pinned eBPF responder)
 //! runs in-process inside an agent namespace whose `eth0` has no IP
 //! address; a client namespace on the other end of the veth runs real
 //! `arping`, `ndisc6` and `tcpdump`, and the AF_PACKET prober for timing.
-//! The tests write `l2-announce` rows and send `Renewed` / `ElectionGroups`
-//! as the ServiceActor and LeaseActor will.
+//! The tests write `l2-announce` rows as the ServiceActor does and open and
+//! close fences as the elections do.
 //!
 //! Needs root, bpffs, iproute2, iputils-arping, ndisc6 and tcpdump
 //! (`cargo xtask setup`).
@@ -45,9 +45,6 @@ impl Fixture {
         init_tracing();
         let lab = VethLab::new().expect("namespaces and veth");
         let agent = InProcessAgent::start(&lab.agent, config, &["eth0"]).expect("agent");
-        agent
-            .election_groups(&[(SERVICE, SERVICE)])
-            .expect("election groups");
         Fixture { agent, lab }
     }
 
@@ -55,8 +52,8 @@ impl Fixture {
     /// returns once every row is done.
     fn announce(&self, ips: &[IpAddr]) {
         self.agent
-            .renewed(SERVICE, Instant::now() + Duration::from_secs(60))
-            .expect("renewed");
+            .open_fence(SERVICE, Instant::now() + Duration::from_secs(60))
+            .expect("fence opened");
         for ip in ips {
             self.agent.upsert(*ip, "eth0", &[SERVICE]).expect("upsert");
         }
@@ -362,8 +359,8 @@ fn answers_stop_at_the_lease_fence_deadline() {
     // A last renewal, then none: the fence closes 300 ms from now.
     let before = monotonic_ns();
     f.agent
-        .renewed(SERVICE, Instant::now() + Duration::from_millis(300))
-        .expect("renewed");
+        .open_fence(SERVICE, Instant::now() + Duration::from_millis(300))
+        .expect("fence opened");
     let deadline = f.agent.fence_ns(slot).expect("fence");
     assert!(
         deadline > before + 250_000_000 && deadline < before + 400_000_000,
@@ -385,8 +382,8 @@ fn answers_stop_at_the_lease_fence_deadline() {
 
     // The next renewal opens the fence again.
     f.agent
-        .renewed(SERVICE, Instant::now() + Duration::from_secs(60))
-        .expect("renewed");
+        .open_fence(SERVICE, Instant::now() + Duration::from_secs(60))
+        .expect("fence opened");
     let mac = format_mac(f.lab.agent_mac);
     assert_eq!(arping(&f.lab.client, "veth0", V4, 1, 2), vec![mac]);
 }
@@ -400,8 +397,8 @@ fn status_is_error_for_an_unknown_interface_until_it_appears() {
     let v4 = Ipv4Addr::new(192, 0, 2, 11);
     let ip: IpAddr = v4.into();
     f.agent
-        .renewed(SERVICE, Instant::now() + Duration::from_secs(60))
-        .expect("renewed");
+        .open_fence(SERVICE, Instant::now() + Duration::from_secs(60))
+        .expect("fence opened");
     f.agent.upsert(ip, "eth1", &[SERVICE]).expect("upsert");
     // Let the retries back off to their cap (2 s) first, so that only the
     // device table waking the reconciler can make it quick below.
@@ -454,8 +451,8 @@ fn a_recreated_interface_is_answered_again_at_once() {
         .expect("eth1");
     let before = f.agent.wait_device("eth1", WAIT).expect("eth1 row").index;
     f.agent
-        .renewed(SERVICE, Instant::now() + Duration::from_secs(60))
-        .expect("renewed");
+        .open_fence(SERVICE, Instant::now() + Duration::from_secs(60))
+        .expect("fence opened");
     f.agent.upsert(ip, "eth1", &[SERVICE]).expect("upsert");
     f.agent
         .wait_status(ip, "eth1", WAIT, |s| *s == Status::Done)
@@ -596,4 +593,250 @@ fn tcpdump_captures_gratuitous_arp_and_unsolicited_na_when_a_row_is_added() {
             "checksum"
         );
     }
+}
+
+/// Gratuitous frames (ARP with SPA = TPA, or NA) from `mac` in a capture,
+/// with their capture times (CLOCK_REALTIME ns).
+fn announcements_from(cap: &integration::pcap::Capture, mac: [u8; 6]) -> Vec<u64> {
+    cap.packets
+        .iter()
+        .filter(|p| p.data.len() >= 14 && p.data[6..12] == mac)
+        .filter(|p| match ArpPacket::parse(&p.data) {
+            Some(arp) => arp.sender_ip == arp.target_ip,
+            None => {
+                let d = &p.data;
+                d[12..14] == [0x86, 0xdd] && d.len() >= 55 && d[20] == 58 && d[54] == 136
+            }
+        })
+        .map(|p| p.ts_ns)
+        .collect()
+}
+
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[test]
+fn announcements_wait_for_the_fence_and_stop_when_it_closes() {
+    let interval = Duration::from_millis(300);
+    let f = Fixture::new(AgentConfig {
+        gratuitous: GratuitousConfig { count: 8, interval },
+        ..AgentConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dump = Tcpdump::start(
+        &f.lab.client,
+        "veth0",
+        &dir.path().join("g.pcap"),
+        &["arp", "or", "icmp6"],
+        WAIT,
+    )
+    .expect("tcpdump");
+    let mac = f.lab.agent_mac;
+    // A row of this run whose claim has no open fence: in the maps, but
+    // neither answered nor announced.
+    f.agent
+        .upsert(V4.into(), "eth0", &[SERVICE])
+        .expect("upsert");
+    f.agent
+        .wait_status(V4.into(), "eth0", WAIT, |s| *s == Status::Done)
+        .expect("row done");
+    assert!(
+        f.agent
+            .entry(V4.into(), f.eth0_index())
+            .expect("entry")
+            .is_some()
+    );
+    // arping waits a second: several repeat intervals of observation.
+    assert_eq!(
+        arping(&f.lab.client, "veth0", V4, 1, 1),
+        Vec::<String>::new()
+    );
+    let cap = dump.read().expect("capture");
+    assert!(
+        announcements_from(&cap, mac).is_empty(),
+        "announced before the fence opened"
+    );
+
+    // The fence opens: announced at once, then repeated.
+    f.agent
+        .open_fence(SERVICE, Instant::now() + Duration::from_secs(60))
+        .expect("open");
+    wait_for(WAIT, "two announcements", || {
+        let cap = dump.read().ok()?;
+        (announcements_from(&cap, mac).len() >= 2).then_some(())
+    })
+    .expect("announced");
+    // Fence before release: once the close is acknowledged nothing answers
+    // and the repeats stop.
+    f.agent.close_fence(SERVICE).expect("close");
+    let closed_at = realtime_ns();
+    let prober = f.prober("veth0");
+    assert_eq!(
+        probe_once(&prober, V4),
+        None,
+        "answered after the fence closed"
+    );
+    assert_eq!(
+        arping(&f.lab.client, "veth0", V4, 2, 2),
+        Vec::<String>::new()
+    );
+    let cap = dump.read().expect("capture");
+    drop(dump);
+    let late: Vec<u64> = announcements_from(&cap, mac)
+        .into_iter()
+        .filter(|t| *t > closed_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} announcements after the fence closed",
+        late.len()
+    );
+}
+
+#[test]
+fn a_restarted_agent_neither_rearms_nor_announces_what_its_previous_run_left() {
+    let mut f = Fixture::new(AgentConfig {
+        gratuitous: once(),
+        ..AgentConfig::default()
+    });
+    let other = "default/other";
+    let v4b = Ipv4Addr::new(192, 0, 2, 12);
+    f.announce(&[V4.into(), V6.into()]);
+    f.agent
+        .open_fence(other, Instant::now() + Duration::from_secs(60))
+        .expect("open");
+    f.agent
+        .upsert(v4b.into(), "eth0", &[other])
+        .expect("upsert");
+    f.agent
+        .wait_status(v4b.into(), "eth0", WAIT, |s| *s == Status::Done)
+        .expect("done");
+    let eth0 = f.eth0_index();
+    let slot_of = |f: &Fixture, ip: IpAddr| -> u32 {
+        f.agent
+            .entry(ip, eth0)
+            .expect("entries")
+            .expect("entry")
+            .fence_slot
+    };
+    let (slot_a, slot_6) = (slot_of(&f, V4.into()), slot_of(&f, V6.into()));
+    let old_deadline = f.agent.fence_ns(slot_a).expect("fence");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dump = Tcpdump::start(
+        &f.lab.client,
+        "veth0",
+        &dir.path().join("r.pcap"),
+        &["arp", "or", "icmp6"],
+        WAIT,
+    )
+    .expect("tcpdump");
+    let mac = f.lab.agent_mac;
+    let restarted_at = realtime_ns();
+    f.agent.restart().expect("restart");
+    // This run confirms the claim with a shorter fence (its first renewal).
+    // The acknowledgement comes after the new run's first full pass.
+    let until = Instant::now() + Duration::from_secs(5);
+    f.agent
+        .open_fence(SERVICE, until)
+        .expect("open in the new run");
+    // The inherited entries still answer under the old fence (no gap)...
+    assert_eq!(
+        arping(&f.lab.client, "veth0", V4, 1, 2),
+        vec![format_mac(mac)]
+    );
+    // ...which the new run did not touch: neither re-armed nor cleared.
+    assert_eq!(f.agent.fence_ns(slot_a).expect("fence"), old_deadline);
+    assert_eq!(f.agent.fence_ns(slot_6).expect("fence"), old_deadline);
+    let cap = dump.read().expect("capture");
+    assert!(
+        announcements_from(&cap, mac)
+            .iter()
+            .all(|t| *t < restarted_at),
+        "the new run announced an entry it has not taken"
+    );
+
+    // This run's row for V4: the same entry and slot, now under the
+    // claim's fence of this run, and announced.
+    f.agent
+        .upsert(V4.into(), "eth0", &[SERVICE])
+        .expect("upsert");
+    let adopted = wait_for(WAIT, "V4 under this run's fence", || {
+        let d = f.agent.fence_ns(slot_a).ok()?;
+        (d != old_deadline).then_some(d)
+    })
+    .expect("adopted");
+    assert!(adopted < old_deadline, "took this run's shorter fence");
+    assert_eq!(slot_of(&f, V4.into()), slot_a, "never re-pointed");
+    wait_for(WAIT, "V4 announced by the new run", || {
+        let cap = dump.read().ok()?;
+        announcements_from(&cap, mac)
+            .iter()
+            .any(|t| *t > restarted_at)
+            .then_some(())
+    })
+    .expect("announced after adoption");
+    // V6 was not taken by this run: still the old deadline.
+    assert_eq!(f.agent.fence_ns(slot_6).expect("fence"), old_deadline);
+
+    // The other claim is decided elsewhere: its row goes, so does its entry.
+    assert!(f.agent.remove(v4b.into(), "eth0").expect("remove"));
+    wait_for(WAIT, "the other claim's entry removed", || {
+        f.agent
+            .entry(v4b.into(), eth0)
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .expect("removed");
+    assert_eq!(
+        arping(&f.lab.client, "veth0", v4b, 1, 1),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_changed_interface_mac_is_answered_with_and_announced_at_once() {
+    let f = Fixture::new(AgentConfig {
+        gratuitous: once(),
+        ..AgentConfig::default()
+    });
+    f.announce(&[V4.into(), V6.into()]);
+    assert_eq!(
+        arping(&f.lab.client, "veth0", V4, 1, 2),
+        vec![format_mac(f.lab.agent_mac)]
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dump = Tcpdump::start(
+        &f.lab.client,
+        "veth0",
+        &dir.path().join("m.pcap"),
+        &["arp", "or", "icmp6"],
+        WAIT,
+    )
+    .expect("tcpdump");
+    // A bond failing over to another slave changes the bond's MAC likewise.
+    let new_mac = [0x02, 0xa0, 0, 0, 0, 0x77];
+    f.lab
+        .agent
+        .ip(&["link", "set", "eth0", "address", &format_mac(new_mac)])
+        .expect("set address");
+    let prober = f.prober("veth0");
+    wait_for(WAIT, "answers from the new MAC", || {
+        (probe_once(&prober, V4) == Some(new_mac)).then_some(())
+    })
+    .expect("new MAC answers");
+    assert_eq!(
+        ndisc6(&f.lab.client, "veth0", V6),
+        Some(format_mac(new_mac))
+    );
+    wait_for(WAIT, "gratuitous ARP and NA from the new MAC", || {
+        let cap = dump.read().ok()?;
+        (announcements_from(&cap, new_mac).len() >= 3).then_some(())
+    })
+    .expect("announced with the new MAC");
 }

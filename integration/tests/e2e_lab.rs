@@ -319,6 +319,85 @@ fn restarting_the_holder_within_the_lease_leaves_no_gap() {
     lab.down();
 }
 
+/// A holder killed and started again after another node took its
+/// Services over: whatever it persisted (state database rows; pinned maps
+/// unless `reboot` removed them) must not make it announce or answer an IP
+/// it no longer holds. Checks, from the client: no gratuitous ARP /
+/// unsolicited NA from the restarted node, no probe answered by two MACs,
+/// every probe after the takeover answered by the new holder.
+fn restarted_node_announces_nothing_it_lost(reboot: bool) {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = new_lab();
+    let h = holder(&lab, LB_SERVICE, None);
+    let h_mac = mac(&lab, &h);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = lab
+        .capture(&dir.path().join("client.pcap"))
+        .expect("tcpdump");
+    let probe = lab.probe(LB_V4, Duration::from_millis(10)).expect("probe");
+    wait_answers(&probe, h_mac, 0, 10);
+    let t_kill = lab.kill(&h, libc::SIGKILL).expect("kill");
+    let n = holder(&lab, LB_SERVICE, Some(&h));
+    let n_mac = mac(&lab, &n);
+    wait_answers(&probe, n_mac, t_kill, 10);
+    let t_takeover = monotonic_ns();
+    if reboot {
+        // A reboot empties bpffs; the state directory survives.
+        let pins = lab.state.node(&h).expect("node").bpf_root.clone();
+        std::fs::remove_dir_all(&pins).expect("remove pins");
+    }
+    let t_start = monotonic_ns();
+    lab.start(&h).expect("start");
+    lab.wait_ready(&h, Duration::from_secs(10))
+        .expect("restarted agent ready");
+    // Watch past the whole gratuitous repeat window of the restarted agent
+    // (3 announcements, 1 s apart) and a lease duration.
+    let watch_until = t_start + (LEASE_DURATION + Duration::from_secs(1)).as_nanos() as u64;
+    wait_answers(&probe, n_mac, watch_until, 20);
+    let probes = probe.stop(Duration::from_millis(200)).expect("stop");
+    let foreign: Vec<String> = [(LB_V4, LB_V6), (EXT_V4, EXT_V6)]
+        .into_iter()
+        .flat_map(|(v4, v6)| capture.announcements(v4, v6).expect("capture"))
+        .filter(|a| a.mac == h_mac && a.at_ns >= t_start)
+        .map(|a| {
+            format!(
+                "{:?} at +{:.0} ms",
+                a.kind,
+                (a.at_ns - t_start) as f64 / 1e6
+            )
+        })
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "the restarted {h} announced VIPs it no longer holds: {foreign:?}\n{}",
+        lab.state.log_tails(30)
+    );
+    let after = lab::takeover(&probes, n_mac, t_takeover);
+    assert_eq!(after.doubly_answered, 0, "two MACs answered: {after:?}");
+    assert_eq!(
+        after.new_mac, None,
+        "another MAC than {n}'s answered: {after:?}"
+    );
+    assert_eq!(after.unanswered, 0, "unanswered probes: {after:?}");
+    assert_eq!(lab.holder(LB_SERVICE).expect("lease"), Some(n.clone()));
+    assert_ne!(
+        lab.holder(EXT_SERVICE).expect("lease"),
+        Some(h.clone()),
+        "the restarted node took a held lease"
+    );
+    lab.down();
+}
+
+#[test]
+fn a_holder_restarted_after_a_takeover_announces_nothing_it_lost() {
+    restarted_node_announces_nothing_it_lost(false);
+}
+
+#[test]
+fn a_holder_rebooted_after_a_takeover_announces_nothing_it_lost() {
+    restarted_node_announces_nothing_it_lost(true);
+}
+
 #[test]
 fn prometheus_scrapes_the_lab_agents_and_the_dashboards_match_them() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

@@ -93,8 +93,7 @@ fn main() -> anyhow::Result<()> {
         &["eth0"],
     )
     .context("in-process agent")?;
-    agent.election_groups(&[(SERVICE, SERVICE)])?;
-    agent.renewed(SERVICE, Instant::now() + Duration::from_secs(3600))?;
+    agent.open_fence(SERVICE, Instant::now() + Duration::from_secs(3600))?;
     agent.upsert(EBPF_IP.into(), "eth0", &[SERVICE])?;
     agent.wait_status(EBPF_IP.into(), "eth0", Duration::from_secs(10), |s| {
         *s == Status::Done

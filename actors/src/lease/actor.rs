@@ -1,9 +1,11 @@
 //! LeaseActor: per-Service elections over Kubernetes Leases.
 //!
 //! One watch on the lease namespace feeds every election (no polling of
-//! leases); decisions come from [`crate::election::Election`]; this actor
-//! only sends the create/update requests they call for and reports
-//! [`Leadership`] to the ServiceActor and [`Renewed`] to the AnnounceActor.
+//! leases); decisions come from [`super::election::Election`]; this actor
+//! only sends the create/update requests they call for, opens the claim's
+//! fence in the datapath on every successful renewal ([`Fences`]) and
+//! reports [`Leadership`] to the ServiceActor. Giving a claim up closes its
+//! fence first and writes the release only once the datapath confirmed it.
 //! It also keeps the `leases` table and deletes released leases nobody
 //! claims (once a minute).
 
@@ -20,8 +22,9 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use tracing::{debug, info, warn};
 
-use crate::election::{Decision, Election, LeaseRecord, LeaseTiming, lease_name};
-use crate::messages::{Campaign, Leadership, ReleaseAll, Renewed, Withdraw};
+use super::election::{Decision, Election, LeaseRecord, LeaseTiming, lease_name};
+use crate::announce::Fences;
+use crate::messages::{Campaign, Leadership, ReleaseAll, Withdraw};
 use crate::tables::{LEASES, LeaseRow};
 
 /// Prefix of every lease this agent manages.
@@ -92,7 +95,7 @@ pub struct LeaseActor {
     /// Whether the watch has delivered its initial list.
     synced: bool,
     leadership: Recipient<Leadership>,
-    renewed: Recipient<Renewed>,
+    fences: Fences,
     observer: std::sync::Arc<dyn LeaseObserver>,
     /// When each held lease's previous holder last renewed, as observed,
     /// for the takeover latency.
@@ -106,49 +109,60 @@ pub struct LeaseActor {
     warned_at: usize,
 }
 
+/// What a LeaseActor is configured with.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// Namespace of the Lease objects.
+    pub namespace: String,
+    /// This node's name: the holder identity.
+    pub me: String,
+    pub timing: LeaseTiming,
+    /// The client's rate limit: warn (once per new high) when the held
+    /// leases need more renewals per second.
+    pub client_qps: Option<f64>,
+    /// How often released, unclaimed leases are collected.
+    pub gc_interval: Duration,
+}
+
+impl LeaseConfig {
+    pub fn new(namespace: &str, me: &str, timing: LeaseTiming) -> Self {
+        LeaseConfig {
+            namespace: namespace.to_string(),
+            me: me.to_string(),
+            timing,
+            client_qps: None,
+            gc_interval: GC_INTERVAL,
+        }
+    }
+}
+
 impl LeaseActor {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: kube::Client,
-        namespace: &str,
-        me: &str,
-        timing: LeaseTiming,
         db: statedb::Db,
+        config: LeaseConfig,
         leadership: Recipient<Leadership>,
-        renewed: Recipient<Renewed>,
+        fences: Fences,
         observer: std::sync::Arc<dyn LeaseObserver>,
     ) -> Result<Self, statedb::Error> {
         Ok(LeaseActor {
-            api: Api::namespaced(client, namespace),
-            me: me.to_string(),
-            timing,
+            api: Api::namespaced(client, &config.namespace),
+            me: config.me,
+            timing: config.timing,
             leases: statedb::Table::open(&db, LEASES)?,
             db,
             slots: BTreeMap::new(),
             seen: BTreeMap::new(),
             synced: false,
             leadership,
-            renewed,
+            fences,
             observer,
             last_foreign_renewal: BTreeMap::new(),
             changed_at: BTreeMap::new(),
-            gc_interval: GC_INTERVAL,
-            client_qps: None,
+            gc_interval: config.gc_interval,
+            client_qps: config.client_qps,
             warned_at: 0,
         })
-    }
-
-    /// Warns (once per new high) when the held leases need more renewals
-    /// per second than `qps` allows.
-    pub fn with_client_qps(mut self, qps: f64) -> Self {
-        self.client_qps = Some(qps);
-        self
-    }
-
-    /// Collects released leases every `interval` instead of once a minute.
-    pub fn with_gc_interval(mut self, interval: Duration) -> Self {
-        self.gc_interval = interval;
-        self
     }
 
     fn held_count(&self) -> usize {
@@ -287,6 +301,9 @@ impl LeaseActor {
                 continue;
             };
             if slot.leading && !slot.election.is_leader(now) {
+                // The fence has closed by itself at this very deadline;
+                // close it in the maps too.
+                drop(self.fences.close(&slot.service));
                 self.set_leading(&name, false, "renew-deadline");
                 continue;
             }
@@ -382,10 +399,7 @@ impl LeaseActor {
                 self.observer.renew(&service, now - sent, true);
                 if ours {
                     if let Some(fence_until) = slot.election.fence_until() {
-                        self.renewed.do_send(Renewed {
-                            service,
-                            fence_until,
-                        });
+                        self.fences.open(&service, fence_until);
                     }
                     self.set_leading(name, true, "acquired");
                 }
@@ -423,14 +437,32 @@ impl LeaseActor {
         })
     }
 
+    /// Gives a claim up: closes its fence in the datapath, and once that is
+    /// confirmed, writes the release (when held).
     fn withdraw(&mut self, ctx: &mut Context<Self>, name: &str) {
         self.set_leading(name, false, "withdrawn");
-        if let Some(fut) = self.release(name) {
-            ctx.spawn(fut.into_actor(self));
-        }
-        if let Some(slot) = self.slots.remove(name) {
-            self.delete_row(&slot.service);
-        }
+        let release = self.release(name);
+        let Some(slot) = self.slots.remove(name) else {
+            return;
+        };
+        self.delete_row(&slot.service);
+        let closed = self.fences.close(&slot.service);
+        let lease = name.to_string();
+        ctx.spawn(
+            async move {
+                match closed.await {
+                    Ok(()) => {
+                        if let Some(release) = release {
+                            release.await;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(lease = %lease, error = %e, "not releasing: the lease expires by itself")
+                    }
+                }
+            }
+            .into_actor(self),
+        );
     }
 
     /// Deletes leases of ours that have no holder and were not changed for
@@ -639,8 +671,15 @@ impl Handler<ReleaseAll> for LeaseActor {
             }
         }
         self.slots.clear();
+        // Fences first: no lease is released while its entries may answer.
+        let closed = self.fences.close_all();
         let all = async move {
-            futures::future::join_all(releases).await;
+            match closed.await {
+                Ok(()) => {
+                    futures::future::join_all(releases).await;
+                }
+                Err(e) => warn!(error = %e, "not releasing the leases: they expire by themselves"),
+            }
         };
         Box::pin(all.into_actor(self))
     }

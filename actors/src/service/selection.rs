@@ -1,9 +1,14 @@
 //! Which Services this node campaigns for, with which IPs and on which
 //! interfaces: a pure function of the compiled policies, the Service, this
-//! node's labels and the selected devices.
+//! node's labels and the selected devices. Also what the decision reads of
+//! Kubernetes objects ([`service_view`], [`slice_has_local_ready`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
 
 use crate::policy::CompiledPolicy;
 
@@ -55,6 +60,85 @@ impl Candidacy {
     pub fn ips(&self) -> BTreeSet<IpAddr> {
         self.entries.iter().map(|(ip, _)| *ip).collect()
     }
+}
+
+/// The IPs some valid policy would announce for `service` on some node:
+/// what makes it a member of a claim (see [`super::claims`]). Node
+/// selectors and interfaces are left out so that every node computes the
+/// same claims.
+pub fn claimed_ips(
+    policies: &[CompiledPolicy],
+    service: &ServiceView,
+    external_ips_enabled: bool,
+) -> BTreeSet<IpAddr> {
+    let mut ips = BTreeSet::new();
+    if !matches!(
+        service.load_balancer_class.as_deref(),
+        None | Some(L2_ANNOUNCER_CLASS)
+    ) {
+        return ips;
+    }
+    for policy in policies {
+        if !policy.selects_service(&service.namespace, &service.name, &service.labels) {
+            continue;
+        }
+        if policy.external_ips && external_ips_enabled {
+            ips.extend(service.external_ips.iter().copied());
+        }
+        if policy.load_balancer_ips {
+            ips.extend(service.load_balancer_ips.iter().copied());
+        }
+    }
+    ips
+}
+
+/// Reads the parts of a Service the selection needs.
+pub fn service_view(svc: &Service) -> ServiceView {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let parse = |s: &str| s.parse::<IpAddr>().ok();
+    ServiceView {
+        namespace: svc.namespace().unwrap_or_default(),
+        name: svc.name_any(),
+        uid: svc.uid().unwrap_or_default(),
+        labels: svc.labels().clone(),
+        load_balancer_class: spec.load_balancer_class.clone(),
+        external_ips: spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|s| parse(s))
+            .collect(),
+        load_balancer_ips: svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref().and_then(parse))
+            .collect(),
+        traffic_policy_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+    }
+}
+
+/// The label an EndpointSlice names its Service with.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The Service (`namespace/name`) and name of an EndpointSlice.
+pub fn slice_key(slice: &EndpointSlice) -> Option<(String, String)> {
+    let svc = slice.labels().get(SERVICE_NAME_LABEL)?;
+    Some((
+        format!("{}/{}", slice.namespace().unwrap_or_default(), svc),
+        slice.name_any(),
+    ))
+}
+
+/// Whether a slice has a ready endpoint on `node`.
+pub fn slice_has_local_ready(slice: &EndpointSlice, node: &str) -> bool {
+    slice.endpoints.iter().any(|ep| {
+        ep.node_name.as_deref() == Some(node)
+            && ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
+    })
 }
 
 /// Decides whether this node campaigns for `service`. `None` when no valid
@@ -110,6 +194,8 @@ pub fn candidacy(
 mod tests {
     use super::*;
     use crate::policy::{CiliumL2AnnouncementPolicySpec, compile};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
 
     fn policy(name: &str, yaml: &str) -> CompiledPolicy {
         let spec: CiliumL2AnnouncementPolicySpec = serde_yaml::from_str(yaml).expect("yaml");
@@ -228,5 +314,49 @@ mod tests {
         assert!(c.entries.contains(&(ip("198.51.100.7"), "eth1".into())));
         assert!(!c.entries.contains(&(ip("198.51.100.7"), "eth0".into())));
         assert_eq!(c.policies, ["a".to_string(), "b".to_string()].into());
+    }
+
+    #[test]
+    fn service_view_reads_ips_and_policy() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "web", "labels": {"color": "blue"}},
+            "spec": {"externalIPs": ["198.51.100.7", "not-an-ip"], "externalTrafficPolicy": "Local",
+                     "loadBalancerClass": "io.cilium/l2-announcer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}, {"hostname": "x.example"}]}}
+        }))
+        .expect("service");
+        let v = service_view(&svc);
+        assert_eq!(v.key(), "default/web");
+        assert_eq!(
+            v.external_ips,
+            vec!["198.51.100.7".parse::<IpAddr>().expect("ip")]
+        );
+        assert_eq!(
+            v.load_balancer_ips,
+            vec!["192.0.2.10".parse::<IpAddr>().expect("ip")]
+        );
+        assert!(v.traffic_policy_local);
+        assert_eq!(v.labels["color"], "blue");
+    }
+
+    #[test]
+    fn local_ready_endpoints() {
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "web-1",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["198.51.100.20"], "nodeName": "node-a", "conditions": {"ready": false}},
+                {"addresses": ["198.51.100.21"], "nodeName": "node-b", "conditions": {"ready": true}}
+            ]
+        }))
+        .expect("slice");
+        assert!(!slice_has_local_ready(&slice, "node-a"));
+        assert!(slice_has_local_ready(&slice, "node-b"));
+        assert!(!slice_has_local_ready(&slice, "node-c"));
+        assert_eq!(
+            slice_key(&slice),
+            Some(("default/web".to_string(), "web-1".to_string()))
+        );
     }
 }

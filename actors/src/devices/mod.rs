@@ -18,6 +18,7 @@
 
 mod actor;
 mod state;
+mod table;
 mod tracker;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ use statedb::ToKey;
 
 pub use actor::DeviceActor;
 pub use state::{DeviceState, Link};
+pub use table::DeviceTableWriter;
 pub use tracker::{DeviceError, DeviceTracker, TrackerOptions};
 
 /// `IFF_UP`: administratively up.

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use actix::prelude::*;
 use tracing::warn;
 
-use crate::devices::{DEVICES, DeviceChange, DeviceRow, write_change};
+use super::{DEVICES, DeviceChange, DeviceRow, write_change};
 use crate::messages::SelectedDevices;
 
 pub struct DeviceTableWriter {

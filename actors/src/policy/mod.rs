@@ -3,6 +3,10 @@
 //! either a [`CompiledPolicy`] to evaluate Services and devices against, or
 //! the status conditions that say what is wrong.
 
+mod actor;
+
+pub use actor::{FIELD_MANAGER, NoPolicyObserver, PolicyActor, PolicyObserver};
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
@@ -11,7 +15,7 @@ use regex::Regex;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::selector::Selector;
+use crate::k8s::selector::Selector;
 
 /// Condition types a policy's status carries, as Cilium names them.
 pub const BAD_SERVICE_SELECTOR: &str = "io.cilium/bad-service-selector";

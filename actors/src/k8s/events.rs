@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::selection::{Candidacy, ServiceView};
-use crate::service_actor::AnnounceObserver;
+use crate::service::AnnounceObserver;
+use crate::service::selection::{Candidacy, ServiceView};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::mpsc;
@@ -179,9 +179,9 @@ impl AnnounceObserver for Fanout {
         }
     }
 
-    fn candidates(&self, services: &std::collections::BTreeSet<String>) {
+    fn candidate(&self, service: &str, candidate: bool) {
         for o in &self.0 {
-            o.candidates(services);
+            o.candidate(service, candidate);
         }
     }
 }
