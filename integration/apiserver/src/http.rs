@@ -18,14 +18,14 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use super::discovery::{self, OutputForm};
-use super::events;
-use super::faults::{ClientId, ClientMatch, FaultRule, Faults, RequestRecord, Verdict, now_ms};
-use super::patch::{json_patch, merge_patch, strip_strategic_directives};
-use super::resources::ResourceInfo;
-use super::selector::{FieldSelector, LabelSelector};
-use super::status::{ApiStatus, success_status};
-use super::store::{Change, ChangeKind, Store, WriteTarget};
+use crate::discovery::{self, OutputForm};
+use crate::events;
+use crate::faults::{ClientId, ClientMatch, FaultRule, Faults, RequestRecord, Verdict, now_ms};
+use crate::patch::{json_patch, merge_patch, strategic_merge_patch};
+use crate::resources::ResourceInfo;
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::status::{ApiStatus, success_status};
+use crate::store::{Change, ChangeKind, Store, WriteTarget};
 
 const OPENAPI_V2_PB_TYPE: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 /// gnostic `openapi_v2.Document{swagger: "2.0", info: {title: "Kubernetes",
@@ -143,39 +143,19 @@ fn status_response(s: &ApiStatus) -> Response<Body> {
     r
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// Query parameters (`application/x-www-form-urlencoded`); the last of a
+/// repeated key wins.
+fn parse_query(q: Option<&str>) -> HashMap<String, String> {
+    form_urlencoded::parse(q.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
 }
 
-fn parse_query(q: Option<&str>) -> HashMap<String, String> {
-    q.unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (percent_decode(k), percent_decode(v)),
-            None => (percent_decode(p), String::new()),
-        })
-        .collect()
+/// One percent-decoded path segment (`+` stays `+` in paths).
+fn decode_segment(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn truthy(q: &HashMap<String, String>, k: &str) -> bool {
@@ -212,7 +192,7 @@ fn route(path: &str) -> Route {
         .trim_matches('/')
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(percent_decode)
+        .map(decode_segment)
         .collect();
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let (group, version, rest) = match s.as_slice() {
@@ -1153,14 +1133,14 @@ impl WatchStream {
 
     async fn run(
         self,
-        start: super::store::WatchStart,
+        start: crate::store::WatchStart,
         initial_events: bool,
         bookmarks: bool,
         bookmark_kind: Value,
         interval: Duration,
         timeout: Duration,
     ) {
-        let super::store::WatchStart {
+        let crate::store::WatchStart {
             initial,
             backlog,
             rv,
@@ -1266,7 +1246,7 @@ fn patch(
     }
     let mut store = ctx.store();
     if !apply && store.get(res, ns, name).is_err() {
-        return Err(ApiStatus::not_found(super::status::Subject {
+        return Err(ApiStatus::not_found(crate::status::Subject {
             group: &res.group,
             plural: &res.plural,
             name,
@@ -1279,7 +1259,7 @@ fn patch(
         let ct2 = ct.clone();
         store.update_with(res, ns, name, target, strict, move |old| {
             let Some(old) = old else {
-                return Err(ApiStatus::not_found(super::status::Subject {
+                return Err(ApiStatus::not_found(crate::status::Subject {
                     group: "",
                     plural: "",
                     name: "",
@@ -1293,9 +1273,7 @@ fn patch(
                     })?;
                 }
                 "application/strategic-merge-patch+json" => {
-                    let mut pd = patch_doc;
-                    strip_strategic_directives(&mut pd);
-                    merge_patch(&mut doc, &pd);
+                    strategic_merge_patch(&mut doc, &patch_doc)
                 }
                 _ => merge_patch(&mut doc, &patch_doc),
             }

@@ -96,8 +96,13 @@ pub struct FaultRule {
 impl FaultRule {
     /// A rule for every request.
     pub fn all(action: FaultAction) -> Self {
+        Self::for_client(ClientMatch::All, action)
+    }
+
+    /// A rule for every request of matching clients.
+    pub fn for_client(client: ClientMatch, action: FaultAction) -> Self {
         FaultRule {
-            client: ClientMatch::All,
+            client,
             verb: None,
             resource: None,
             action,

@@ -7,9 +7,9 @@
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt};
-use integration::apiserver::{ClientMatch, TestApiServer, WriteRecord, monotonic_ns, raw_request};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams, WatchEvent, WatchParams};
+use kube_test_apiserver::{ClientMatch, TestApiServer, WriteRecord, monotonic_ns, raw_request};
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -17,17 +17,34 @@ const DEADLINE: Duration = Duration::from_secs(10);
 const NODE_A: &str = "l2announcer/0.1.0 (node-a)";
 const NODE_B: &str = "l2announcer/0.1.0 (node-b)";
 
-async fn server() -> TestApiServer {
-    TestApiServer::start("127.0.0.1:0".parse().unwrap())
+/// A server with lease clients for node-a and node-b.
+async fn two_nodes() -> (TestApiServer, Api<Lease>, Api<Lease>) {
+    let srv = TestApiServer::start("127.0.0.1:0".parse().unwrap())
         .await
-        .expect("start server")
+        .expect("start server");
+    let leases = |user_agent| {
+        Api::namespaced(
+            srv.client_with_user_agent(user_agent).unwrap(),
+            "kube-system",
+        )
+    };
+    let (a, b) = (leases(NODE_A), leases(NODE_B));
+    (srv, a, b)
 }
 
-fn leases(srv: &TestApiServer, user_agent: &str) -> Api<Lease> {
-    Api::namespaced(
-        srv.client_with_user_agent(user_agent).unwrap(),
-        "kube-system",
-    )
+/// Lease "web", created by node-a and held by it.
+async fn web_held_by_a(a: &Api<Lease>) -> Lease {
+    a.create(&PostParams::default(), &lease("web", "node-a"))
+        .await
+        .unwrap()
+}
+
+fn resource_version(l: &Lease) -> u64 {
+    l.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .expect("a numeric resourceVersion")
 }
 
 fn lease(name: &str, holder: &str) -> Lease {
@@ -122,14 +139,9 @@ fn write_holder(w: &WriteRecord) -> &str {
 
 #[tokio::test]
 async fn pausing_one_client_holds_its_requests_and_watch_and_no_one_elses() {
-    let srv = server().await;
-    let a = leases(&srv, NODE_A);
-    let b = leases(&srv, NODE_B);
-    let first = a
-        .create(&PostParams::default(), &lease("web", "node-a"))
-        .await
-        .unwrap();
-    let rv = first.metadata.resource_version.clone().unwrap();
+    let (srv, a, b) = two_nodes().await;
+    let first = web_held_by_a(&a).await;
+    let rv = resource_version(&first).to_string();
     let mut a_events = watch(&a, &rv).await;
     let mut b_events = watch(&b, &rv).await;
 
@@ -207,12 +219,8 @@ async fn pausing_one_client_holds_its_requests_and_watch_and_no_one_elses() {
 
 #[tokio::test]
 async fn pausing_everyone_holds_every_client_but_not_the_control_endpoints() {
-    let srv = server().await;
-    let a = leases(&srv, NODE_A);
-    let b = leases(&srv, NODE_B);
-    a.create(&PostParams::default(), &lease("web", "node-a"))
-        .await
-        .unwrap();
+    let (srv, a, b) = two_nodes().await;
+    web_held_by_a(&a).await;
     // Bookmarks every 50 ms give each watch something to deliver.
     srv.set_bookmark_interval(Duration::from_millis(50));
     let mut a_watch = a.watch(&WatchParams::default(), "0").await.unwrap().boxed();
@@ -254,20 +262,9 @@ async fn pausing_everyone_holds_every_client_but_not_the_control_endpoints() {
 
 #[tokio::test]
 async fn restart_closes_everything_and_serves_the_same_objects_again() {
-    let srv = server().await;
-    let a = leases(&srv, NODE_A);
-    let b = leases(&srv, NODE_B);
-    let created = a
-        .create(&PostParams::default(), &lease("web", "node-a"))
-        .await
-        .unwrap();
-    let rv_before: u64 = created
-        .metadata
-        .resource_version
-        .as_deref()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (srv, a, b) = two_nodes().await;
+    let created = web_held_by_a(&a).await;
+    let rv_before = resource_version(&created);
     let mut a_events = watch(&a, &rv_before.to_string()).await;
     wait_until("the watch is registered", || srv.watch_count() == 1).await;
 
@@ -299,14 +296,7 @@ async fn restart_closes_everything_and_serves_the_same_objects_again() {
         .replace("web", &PostParams::default(), &held_by(&after, "node-b"))
         .await
         .unwrap();
-    let rv_after: u64 = taken
-        .metadata
-        .resource_version
-        .as_deref()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(rv_after > rv_before);
+    assert!(resource_version(&taken) > rv_before);
     // A client resuming its watch from its last version gets what it missed.
     let mut resumed = watch(&a, &rv_before.to_string()).await;
     assert_eq!(
@@ -317,14 +307,9 @@ async fn restart_closes_everything_and_serves_the_same_objects_again() {
 
 #[tokio::test]
 async fn delayed_watches_reach_one_client_late_and_others_at_once() {
-    let srv = server().await;
-    let a = leases(&srv, NODE_A);
-    let b = leases(&srv, NODE_B);
-    let created = a
-        .create(&PostParams::default(), &lease("web", "node-a"))
-        .await
-        .unwrap();
-    let rv = created.metadata.resource_version.clone().unwrap();
+    let (srv, a, b) = two_nodes().await;
+    let created = web_held_by_a(&a).await;
+    let rv = resource_version(&created).to_string();
     let delay = Duration::from_secs(2);
     srv.delay_watches(ClientMatch::UserAgent("(node-a)".into()), delay);
     let mut a_events = watch(&a, &rv).await;
@@ -359,15 +344,10 @@ async fn delayed_watches_reach_one_client_late_and_others_at_once() {
 
 #[tokio::test]
 async fn write_history_has_every_commit_with_its_monotonic_time_and_writer() {
-    let srv = server().await;
-    let a = leases(&srv, NODE_A);
-    let b = leases(&srv, NODE_B);
+    let (srv, a, b) = two_nodes().await;
     let since = Instant::now();
     let before = monotonic_ns();
-    let created = a
-        .create(&PostParams::default(), &lease("web", "node-a"))
-        .await
-        .unwrap();
+    let created = web_held_by_a(&a).await;
     // A no-op update and a stale one commit nothing.
     a.replace("web", &PostParams::default(), &created)
         .await
@@ -405,10 +385,7 @@ async fn write_history_has_every_commit_with_its_monotonic_time_and_writer() {
     );
     // The write that changed the holder, and exactly when it committed.
     let takeover = &writes[1];
-    assert_eq!(
-        Some(takeover.resource_version.to_string()),
-        taken.metadata.resource_version
-    );
+    assert_eq!(takeover.resource_version, resource_version(&taken));
     assert!(before <= writes[0].committed_mono_ns);
     assert!(writes[0].committed_mono_ns < takeover.committed_mono_ns);
     assert!(takeover.committed_mono_ns <= after);

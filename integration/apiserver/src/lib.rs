@@ -1,4 +1,14 @@
-//! An in-memory Kubernetes API server for tests and the lab.
+//! kube-test-apiserver: an in-memory Kubernetes API server for tests.
+//!
+//! What it is: one process-local server (a tokio task, or the
+//! `test-apiserver` binary) that Kubernetes clients talk to over real HTTP,
+//! with fault injection and observation for tests of controllers and node
+//! agents. What it is not: a kube-apiserver — no etcd, no persistence across
+//! process exits, no authentication, no admission, no controllers (nothing
+//! reconciles Deployments into Pods), no TLS. It depends on no code of the
+//! project it was written for (l2announcer) and knows nothing of its
+//! objects beyond the built-in kinds and whatever CRDs a test creates, so it
+//! could be published on its own.
 //!
 //! It speaks the Kubernetes REST protocol over plain HTTP/1.1 well enough
 //! for kube-rs and a real `kubectl`: discovery (legacy and aggregated
@@ -234,14 +244,12 @@ impl TestApiServer {
 
     /// Adds `latency` to every request of matching clients.
     pub fn add_latency(&self, client: ClientMatch, latency: Duration) -> u64 {
-        self.add_fault(FaultRule {
+        self.add_fault(FaultRule::for_client(
             client,
-            verb: None,
-            resource: None,
-            action: FaultAction::Latency {
+            FaultAction::Latency {
                 millis: latency.as_millis() as u64,
             },
-        })
+        ))
     }
 
     /// Fails `fraction` (0..=1, deterministic) of all requests with `code`.
@@ -274,9 +282,9 @@ impl TestApiServer {
         self.shared.faults.pause(client, Some(duration))
     }
 
-    /// Pauses the clients whose User-Agent contains `user_agent` (agents
-    /// send `l2announcer/<version> (<node>)`, so `"(node-1)"` singles one
-    /// out), until [`Self::resume_client`] or for `duration`.
+    /// Pauses the clients whose User-Agent contains `user_agent` (with
+    /// agents sending `name/<version> (<node>)`, `"(node-1)"` singles out
+    /// one node's), until [`Self::resume_client`] or for `duration`.
     pub fn pause_client(&self, user_agent: &str, duration: Option<Duration>) {
         self.shared
             .faults
@@ -302,14 +310,12 @@ impl TestApiServer {
     /// `delay` after their commit; their requests are answered as usual.
     /// Returns the rule id for [`Self::remove_fault`].
     pub fn delay_watches(&self, client: ClientMatch, delay: Duration) -> u64 {
-        self.add_fault(FaultRule {
+        self.add_fault(FaultRule::for_client(
             client,
-            verb: None,
-            resource: None,
-            action: FaultAction::WatchDelay {
+            FaultAction::WatchDelay {
                 millis: delay.as_millis() as u64,
             },
-        })
+        ))
     }
 
     /// Requests (and watch event deliveries) held by a pause right now.

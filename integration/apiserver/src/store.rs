@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::resources::{ResourceInfo, builtins, from_crd};
-use super::schema::{check_custom, decode_builtin, validate_builtin};
-use super::status::{ApiStatus, Subject};
+use crate::resources::{ResourceInfo, builtins, from_crd};
+use crate::schema::{check_custom, decode_builtin, validate_builtin};
+use crate::status::{ApiStatus, Subject};
 
 /// (group, plural).
 pub type ResKey = (String, String);
@@ -72,7 +72,7 @@ pub struct WriteRecord {
     /// The resourceVersion the write got.
     pub resource_version: u64,
     /// CLOCK_MONOTONIC in nanoseconds at the commit (the clock of
-    /// `std::time::Instant`; see [`crate::apiserver::monotonic_ns`]).
+    /// `std::time::Instant`; see [`crate::monotonic_ns`]).
     pub committed_mono_ns: u64,
     /// "ADDED", "MODIFIED" or "DELETED".
     #[serde(rename = "type")]
@@ -151,54 +151,13 @@ pub struct Store {
     writer: Arc<str>,
 }
 
-/// RFC 3339 UTC time with seconds precision, as metav1.Time serialises.
+/// Now as RFC 3339 UTC with seconds precision, as metav1.Time serialises.
 pub fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format_rfc3339(secs)
-}
-
-pub fn format_rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Seconds since the epoch of an RFC 3339 time (`...Z`), for AGE columns.
-pub fn parse_rfc3339(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
-    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+    let now = jiff::Timestamp::now();
+    // Whole seconds are always in range; fall back to the precise time.
+    jiff::Timestamp::from_second(now.as_second())
+        .unwrap_or(now)
+        .to_string()
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
@@ -401,7 +360,7 @@ impl Store {
         }
         self.writes.push(LoggedWrite {
             change: change.clone(),
-            committed_mono_ns: super::monotonic_ns(),
+            committed_mono_ns: crate::monotonic_ns(),
             user_agent: self.writer.clone(),
         });
         self.history.push_back(change.clone());
@@ -1218,14 +1177,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn time_roundtrip() {
-        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_rfc3339(1_709_251_199), "2024-02-29T23:59:59Z");
-        assert_eq!(parse_rfc3339("2024-02-29T23:59:59Z"), Some(1_709_251_199));
-        assert_eq!(
-            parse_rfc3339("2024-02-29T23:59:59.123456Z"),
-            Some(1_709_251_199)
-        );
+    fn timestamps_have_whole_seconds() {
+        let now = now_rfc3339();
+        assert_eq!(now.len(), "2024-02-29T23:59:59Z".len(), "{now}");
+        assert!(now.parse::<jiff::Timestamp>().is_ok());
     }
 
     #[test]
