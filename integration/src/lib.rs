@@ -1,6 +1,7 @@
 //! integration: the lab (network namespaces as nodes on a bridge), the test
 //! Kubernetes API server, probes, end-to-end tests and benchmarks.
-pub mod apiserver;
+/// The test Kubernetes API server (its own package, `kube-test-apiserver`).
+pub use kube_test_apiserver as apiserver;
 pub mod controlplane;
 pub mod datapath_lab;
 pub mod lab;

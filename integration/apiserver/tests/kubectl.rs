@@ -7,17 +7,17 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use integration::apiserver::{TestApiServer, kubectl_binaries};
+use kube_test_apiserver::{TestApiServer, kubectl_binaries};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const CRD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../deploy/crd/ciliuml2announcementpolicies.yaml"
+    "/../../deploy/crd/ciliuml2announcementpolicies.yaml"
 );
 const POLICY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../deploy/examples/l2-policy.yaml"
+    "/../../deploy/examples/l2-policy.yaml"
 );
 
 struct Kubectl {

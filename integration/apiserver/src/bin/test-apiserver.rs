@@ -1,5 +1,5 @@
 //! `test-apiserver`: runs the in-memory test Kubernetes API server
-//! (`integration::apiserver`) on an address, writes a kubeconfig for it and
+//! (`kube_test_apiserver`) on an address, writes a kubeconfig for it and
 //! prints its URL on stdout. Runs until interrupted.
 
 use std::net::SocketAddr;
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use integration::apiserver::TestApiServer;
+use kube_test_apiserver::TestApiServer;
 
 #[derive(Parser)]
 #[command(about = "In-memory Kubernetes API server for tests and the lab")]

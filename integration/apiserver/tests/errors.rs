@@ -1,7 +1,7 @@
 //! Bad input gets the Kubernetes error a real kube-apiserver returns, and
 //! the server keeps serving afterwards.
 
-use integration::apiserver::{RawResponse, TestApiServer, raw_request};
+use kube_test_apiserver::{RawResponse, TestApiServer, raw_request};
 use serde_json::Value;
 
 async fn server() -> TestApiServer {

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use integration::apiserver::{ClientMatch, FaultAction, FaultRule, TestApiServer, raw_request};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use kube::api::{
@@ -14,6 +13,7 @@ use kube::api::{
     WatchParams,
 };
 use kube::runtime::{reflector, watcher};
+use kube_test_apiserver::{ClientMatch, FaultAction, FaultRule, TestApiServer, raw_request};
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -569,7 +569,7 @@ async fn status_subresource_and_generation() {
         Api::all(client.clone());
     let crd_yaml = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/crd/ciliuml2announcementpolicies.yaml"
+        "/../../deploy/crd/ciliuml2announcementpolicies.yaml"
     ))
     .unwrap();
     let crd = serde_yaml::from_str(&crd_yaml).unwrap();
@@ -586,7 +586,7 @@ async fn status_subresource_and_generation() {
     let pols: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/examples/l2-policy.yaml"
+        "/../../deploy/examples/l2-policy.yaml"
     ))
     .unwrap();
     let pol: kube::api::DynamicObject = serde_yaml::from_str(&example).unwrap();

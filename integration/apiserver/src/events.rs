@@ -10,9 +10,9 @@
 
 use serde_json::{Map, Value, json};
 
-use super::resources::ResourceInfo;
-use super::status::ApiStatus;
-use super::store::{Store, WriteTarget};
+use crate::resources::ResourceInfo;
+use crate::status::ApiStatus;
+use crate::store::{Store, WriteTarget};
 
 /// Whether `res` is events.k8s.io's Events.
 pub fn is_events_v1(res: &ResourceInfo) -> bool {

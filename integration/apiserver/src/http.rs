@@ -18,14 +18,14 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use super::discovery::{self, OutputForm};
-use super::events;
-use super::faults::{ClientId, ClientMatch, FaultRule, Faults, RequestRecord, Verdict, now_ms};
-use super::patch::{json_patch, merge_patch, strip_strategic_directives};
-use super::resources::ResourceInfo;
-use super::selector::{FieldSelector, LabelSelector};
-use super::status::{ApiStatus, success_status};
-use super::store::{Change, ChangeKind, Store, WriteTarget};
+use crate::discovery::{self, OutputForm};
+use crate::events;
+use crate::faults::{ClientId, ClientMatch, FaultRule, Faults, RequestRecord, Verdict, now_ms};
+use crate::patch::{json_patch, merge_patch, strategic_merge_patch};
+use crate::resources::ResourceInfo;
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::status::{ApiStatus, success_status};
+use crate::store::{Change, ChangeKind, Store, WriteTarget};
 
 const OPENAPI_V2_PB_TYPE: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 /// gnostic `openapi_v2.Document{swagger: "2.0", info: {title: "Kubernetes",
@@ -143,39 +143,19 @@ fn status_response(s: &ApiStatus) -> Response<Body> {
     r
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// Query parameters (`application/x-www-form-urlencoded`); the last of a
+/// repeated key wins.
+fn parse_query(q: Option<&str>) -> HashMap<String, String> {
+    form_urlencoded::parse(q.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
 }
 
-fn parse_query(q: Option<&str>) -> HashMap<String, String> {
-    q.unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (percent_decode(k), percent_decode(v)),
-            None => (percent_decode(p), String::new()),
-        })
-        .collect()
+/// One percent-decoded path segment (`+` stays `+` in paths).
+fn decode_segment(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn truthy(q: &HashMap<String, String>, k: &str) -> bool {
@@ -212,7 +192,7 @@ fn route(path: &str) -> Route {
         .trim_matches('/')
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(percent_decode)
+        .map(decode_segment)
         .collect();
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let (group, version, rest) = match s.as_slice() {
@@ -267,6 +247,15 @@ struct Ctx {
     query: HashMap<String, String>,
     accept: String,
     content_type: String,
+}
+
+impl Ctx {
+    /// The store, with writes attributed to this request's client.
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        let mut store = self.shared.store();
+        store.set_writer(&self.client.user_agent);
+        store
+    }
 }
 
 /// The outcome of a request before it is turned into a response.
@@ -332,6 +321,12 @@ async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -
         latency_us: 0,
     };
 
+    // The whole request is read before a pause holds it: while a body is
+    // still unread hyper does not notice the client closing the connection,
+    // and a request its client gave up on must be dropped, not take effect
+    // when the pause ends.
+    let limit = shared.config().max_body_bytes;
+    let body = Limited::new(req.into_body(), limit).collect().await;
     shared.faults.wait_unpaused(&client).await;
     let (delay, verdict) = shared.faults.consult(&client, verb, &record.resource);
     if !delay.is_zero() {
@@ -340,19 +335,16 @@ async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -
     let reply = match verdict {
         Verdict::Fail(code) => Reply::Status(ApiStatus::injected(code)),
         Verdict::TooMany(secs) => Reply::Status(ApiStatus::too_many_requests(secs)),
-        Verdict::Proceed => {
-            let limit = shared.config().max_body_bytes;
-            match Limited::new(req.into_body(), limit).collect().await {
-                Ok(b) => dispatch(&ctx, &method, route, verb, b.to_bytes()).await,
-                Err(e)
-                    if e.downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some() =>
-                {
-                    Reply::Status(ApiStatus::too_large(limit))
-                }
-                Err(e) => Reply::Status(ApiStatus::bad_request(format!("reading body: {e}"))),
+        Verdict::Proceed => match body {
+            Ok(b) => dispatch(&ctx, &method, route, verb, b.to_bytes()).await,
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Reply::Status(ApiStatus::too_large(limit))
             }
-        }
+            Err(e) => Reply::Status(ApiStatus::bad_request(format!("reading body: {e}"))),
+        },
     };
     let response = match reply {
         Reply::Json(code, v, warnings) => {
@@ -432,7 +424,7 @@ fn classify(
 }
 
 async fn dispatch(ctx: &Ctx, method: &Method, route: Route, verb: &str, body: Bytes) -> Reply {
-    let resources = ctx.shared.store().resources();
+    let resources = ctx.store().resources();
     if !matches!(route, Route::Resource(_)) && method != Method::GET {
         return ApiStatus::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method})"
@@ -706,7 +698,6 @@ async fn resource_request(
     let ns = p.namespace.clone().unwrap_or_default();
     let url_name = p.name.clone().unwrap_or_default();
     let events_v1 = ctx
-        .shared
         .store()
         .resource(&p.group, &p.plural)
         .is_some_and(|r| events::is_events_v1(&r));
@@ -721,7 +712,7 @@ async fn resource_request(
                 .to_string(),
             _ => url_name,
         };
-        let mut store = ctx.shared.store();
+        let mut store = ctx.store();
         if let Some(res) = store.resource("events.k8s.io", "events") {
             let now = match store.get(&res, &ns, &name) {
                 Ok(obj) => Some(obj),
@@ -741,7 +732,6 @@ async fn resource_request_inner(
     body: Bytes,
 ) -> Result<Reply, ApiStatus> {
     let res = ctx
-        .shared
         .store()
         .resource(&p.group, &p.plural)
         .filter(|r| r.versions.contains(&p.version))
@@ -785,7 +775,7 @@ async fn resource_request_inner(
     }
     match verb {
         "get" => {
-            let obj = ctx.shared.store().get(&res, &ns, &name)?;
+            let obj = ctx.store().get(&res, &ns, &name)?;
             Ok(Reply::Json(200, render.one(&obj), vec![]))
         }
         "list" => list(ctx, &res, p.namespace.as_deref(), &render),
@@ -793,14 +783,13 @@ async fn resource_request_inner(
         "create" => {
             let obj = parse_body(ctx, &body)?;
             check_kind(&res, &p.version, &obj)?;
-            let out = ctx.shared.store().create(&res, &ns, obj, strict)?;
+            let out = ctx.store().create(&res, &ns, obj, strict)?;
             Ok(Reply::Json(201, render.one(&out.object), out.warnings))
         }
         "update" => {
             let obj = parse_body(ctx, &body)?;
             check_kind(&res, &p.version, &obj)?;
             let out = ctx
-                .shared
                 .store()
                 .update_with(&res, &ns, &name, target, strict, |_| Ok(obj))?;
             Ok(Reply::Json(
@@ -843,7 +832,7 @@ async fn resource_request_inner(
             let rv = opts
                 .pointer("/preconditions/resourceVersion")
                 .and_then(Value::as_str);
-            let deleted = ctx.shared.store().delete(&res, &ns, &name, uid, rv)?;
+            let deleted = ctx.store().delete(&res, &ns, &name, uid, rv)?;
             let returns_object = res.custom
                 || (res.group.is_empty() && matches!(res.plural.as_str(), "pods" | "namespaces"))
                 || deleted.pointer("/metadata/deletionTimestamp").is_some();
@@ -877,7 +866,7 @@ async fn resource_request_inner(
                 &res.field_selector_paths(),
             )
             .map_err(ApiStatus::bad_request)?;
-            let mut store = ctx.shared.store();
+            let mut store = ctx.store();
             let (items, _) = store.list(&res, p.namespace.as_deref(), None)?;
             let mut deleted = Vec::new();
             for ((ins, iname), obj) in items {
@@ -953,7 +942,7 @@ fn list(
             }
         },
     };
-    let (items, list_rv) = ctx.shared.store().list(res, ns, at).map_err(|e| {
+    let (items, list_rv) = ctx.store().list(res, ns, at).map_err(|e| {
         if token.is_some() && e.code == 410 {
             ApiStatus::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue value from the response.")
         } else {
@@ -1043,7 +1032,7 @@ fn watch(
         None => config.default_watch_timeout,
     };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let start = ctx.shared.store().watch(res, p.namespace.as_deref(), from);
+    let start = ctx.store().watch(res, p.namespace.as_deref(), from);
     let start = match start {
         Ok(s) => s,
         Err(status) => {
@@ -1054,6 +1043,7 @@ fn watch(
     };
     let shared = ctx.shared.clone();
     let client = ctx.client.clone();
+    let resource = res.plural.clone();
     let bookmark_kind = json!({"kind": res.kind, "apiVersion": res.api_version(&p.version)});
     tokio::spawn(async move {
         let stream = WatchStream {
@@ -1063,6 +1053,7 @@ fn watch(
             fields,
             shared,
             client,
+            resource,
         };
         stream
             .run(
@@ -1085,6 +1076,8 @@ struct WatchStream {
     fields: FieldSelector,
     shared: Arc<Shared>,
     client: ClientId,
+    /// Resource plural, for matching watch-delay rules.
+    resource: String,
 }
 
 impl WatchStream {
@@ -1092,10 +1085,22 @@ impl WatchStream {
         self.labels.matches(o) && self.fields.matches(o)
     }
 
-    /// Sends one line; false when the client has gone.
-    async fn send(&self, line: Bytes) -> bool {
-        self.shared.faults.wait_unpaused(&self.client).await;
-        self.tx.send(line).await.is_ok()
+    /// Sends one line that came to be at `ready` (a change's commit), late
+    /// by the client's watch delay and not while it is paused; false when
+    /// the client has gone.
+    async fn send(&self, line: Bytes, ready: Instant) -> bool {
+        let deliver = async {
+            let delay = self.shared.faults.watch_delay(&self.client, &self.resource);
+            if !delay.is_zero() {
+                tokio::time::sleep_until((ready + delay).into()).await;
+            }
+            self.shared.faults.wait_unpaused(&self.client).await;
+            self.tx.send(line).await.is_ok()
+        };
+        tokio::select! {
+            sent = deliver => sent,
+            _ = self.tx.closed() => false,
+        }
     }
 
     async fn deliver(&self, c: &Change) -> bool {
@@ -1109,8 +1114,11 @@ impl WatchStream {
             ChangeKind::Deleted if before || now => "DELETED",
             _ => return true,
         };
-        self.send(watch_line(kind, &self.render.one(&c.object)))
-            .await
+        self.send(
+            watch_line(kind, &self.render.one(&c.object)),
+            c.committed_at,
+        )
+        .await
     }
 
     async fn bookmark(&self, kind: &Value, rv: u64, initial_end: bool) -> bool {
@@ -1119,19 +1127,20 @@ impl WatchStream {
         if initial_end {
             obj["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        self.send(watch_line("BOOKMARK", &obj)).await
+        self.send(watch_line("BOOKMARK", &obj), Instant::now())
+            .await
     }
 
     async fn run(
         self,
-        start: super::store::WatchStart,
+        start: crate::store::WatchStart,
         initial_events: bool,
         bookmarks: bool,
         bookmark_kind: Value,
         interval: Duration,
         timeout: Duration,
     ) {
-        let super::store::WatchStart {
+        let crate::store::WatchStart {
             initial,
             backlog,
             rv,
@@ -1139,7 +1148,11 @@ impl WatchStream {
         } = start;
         let deadline = tokio::time::Instant::now() + timeout;
         for o in &initial {
-            if self.matches(o) && !self.send(watch_line("ADDED", &self.render.one(o))).await {
+            if self.matches(o)
+                && !self
+                    .send(watch_line("ADDED", &self.render.one(o)), Instant::now())
+                    .await
+            {
                 return;
             }
         }
@@ -1231,9 +1244,9 @@ fn patch(
         }
         check_kind(res, &p.version, &patch_doc)?;
     }
-    let mut store = ctx.shared.store();
+    let mut store = ctx.store();
     if !apply && store.get(res, ns, name).is_err() {
-        return Err(ApiStatus::not_found(super::status::Subject {
+        return Err(ApiStatus::not_found(crate::status::Subject {
             group: &res.group,
             plural: &res.plural,
             name,
@@ -1246,7 +1259,7 @@ fn patch(
         let ct2 = ct.clone();
         store.update_with(res, ns, name, target, strict, move |old| {
             let Some(old) = old else {
-                return Err(ApiStatus::not_found(super::status::Subject {
+                return Err(ApiStatus::not_found(crate::status::Subject {
                     group: "",
                     plural: "",
                     name: "",
@@ -1260,9 +1273,7 @@ fn patch(
                     })?;
                 }
                 "application/strategic-merge-patch+json" => {
-                    let mut pd = patch_doc;
-                    strip_strategic_directives(&mut pd);
-                    merge_patch(&mut doc, &pd);
+                    strategic_merge_patch(&mut doc, &patch_doc)
                 }
                 _ => merge_patch(&mut doc, &patch_doc),
             }
@@ -1304,6 +1315,11 @@ async fn control(shared: Arc<Shared>, req: Request<Incoming>, rest: &str) -> Res
                     .collect();
                 Ok(ok(json!(c)))
             }
+            (Method::GET, "writes") => Ok(ok(serde_json::to_value(shared.store().write_log()).unwrap_or_default())),
+            (Method::DELETE, "writes") => {
+                shared.store().clear_write_log();
+                Ok(ok(json!({})))
+            }
             (Method::DELETE, "requests") => {
                 shared.faults.reset_observations();
                 Ok(ok(json!({})))
@@ -1331,9 +1347,11 @@ async fn control(shared: Arc<Shared>, req: Request<Incoming>, rest: &str) -> Res
                 Ok(ok(json!({"removed": shared.faults.remove_rule(id)})))
             }
             (Method::POST, "pause") => {
-                let m: ClientMatch = serde_json::from_value(body_json()?.get("client").cloned().unwrap_or(json!("all")))
+                let body = body_json()?;
+                let m: ClientMatch = serde_json::from_value(body.get("client").cloned().unwrap_or(json!("all")))
                     .map_err(|e| ApiStatus::bad_request(format!("client match: {e}")))?;
-                shared.faults.pause(m);
+                let duration = body.get("forMillis").and_then(Value::as_u64).map(Duration::from_millis);
+                shared.faults.pause(m, duration);
                 Ok(ok(json!({})))
             }
             (Method::POST, "unpause") => {

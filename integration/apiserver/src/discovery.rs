@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::resources::ResourceInfo;
-use super::store::{now_rfc3339, parse_rfc3339};
+use crate::resources::ResourceInfo;
 
 const VERBS: &[&str] = &[
     "create",
@@ -362,11 +361,13 @@ fn age(obj: &Value) -> Value {
     let created = obj
         .pointer("/metadata/creationTimestamp")
         .and_then(Value::as_str)
-        .and_then(parse_rfc3339);
-    let now = parse_rfc3339(&now_rfc3339());
-    match (created, now) {
-        (Some(c), Some(n)) => json!(human_duration(n.saturating_sub(c))),
-        _ => json!("<unknown>"),
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    match created {
+        Some(c) => {
+            let secs = jiff::Timestamp::now().duration_since(c).as_secs();
+            json!(human_duration(u64::try_from(secs).unwrap_or(0)))
+        }
+        None => json!("<unknown>"),
     }
 }
 

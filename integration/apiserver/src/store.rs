@@ -4,17 +4,23 @@
 //!
 //! All methods are synchronous and run under the server's store mutex, so a
 //! write, its history entry and its delivery to watchers are one atomic step.
+//!
+//! Besides the bounded history that watches read, the store keeps a write
+//! log for tests: every committed change with its CLOCK_MONOTONIC commit
+//! time and the User-Agent of the request that made it. Compaction does not
+//! touch it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::resources::{ResourceInfo, builtins, from_crd};
-use super::schema::{check_custom, decode_builtin, validate_builtin};
-use super::status::{ApiStatus, Subject};
+use crate::resources::{ResourceInfo, builtins, from_crd};
+use crate::schema::{check_custom, decode_builtin, validate_builtin};
+use crate::status::{ApiStatus, Subject};
 
 /// (group, plural).
 pub type ResKey = (String, String);
@@ -44,7 +50,55 @@ pub struct Change {
     pub object: Arc<Value>,
     /// The object before the change (None for ADDED).
     pub prev: Option<Arc<Value>>,
+    /// When it was committed.
+    pub committed_at: Instant,
 }
+
+impl ChangeKind {
+    /// The watch event type.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            ChangeKind::Added => "ADDED",
+            ChangeKind::Modified => "MODIFIED",
+            ChangeKind::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One committed write, as the store applied it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteRecord {
+    /// The resourceVersion the write got.
+    pub resource_version: u64,
+    /// CLOCK_MONOTONIC in nanoseconds at the commit (the clock of
+    /// `std::time::Instant`; see [`crate::monotonic_ns`]).
+    pub committed_mono_ns: u64,
+    /// "ADDED", "MODIFIED" or "DELETED".
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub group: String,
+    /// Resource plural.
+    pub resource: String,
+    /// "" for cluster-scoped objects.
+    pub namespace: String,
+    pub name: String,
+    /// User-Agent of the request that made the write ("" for the server's
+    /// own writes, e.g. the well-known namespaces at start).
+    pub user_agent: String,
+    /// The object after the write (for deletes: its last state).
+    pub object: Value,
+}
+
+/// A write log entry; the object is shared with the history.
+struct LoggedWrite {
+    change: Arc<Change>,
+    committed_mono_ns: u64,
+    user_agent: Arc<str>,
+}
+
+/// How many writes the write log keeps before dropping the oldest tenth.
+const WRITE_LOG_LIMIT: usize = 200_000;
 
 /// What a new watch starts with.
 pub struct WatchStart {
@@ -92,56 +146,18 @@ pub struct Store {
     counter: u64,
     next_cluster_ip: u32,
     next_node_port: u32,
+    writes: Vec<LoggedWrite>,
+    /// User-Agent of the request now writing (set with the lock taken).
+    writer: Arc<str>,
 }
 
-/// RFC 3339 UTC time with seconds precision, as metav1.Time serialises.
+/// Now as RFC 3339 UTC with seconds precision, as metav1.Time serialises.
 pub fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format_rfc3339(secs)
-}
-
-pub fn format_rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Seconds since the epoch of an RFC 3339 time (`...Z`), for AGE columns.
-pub fn parse_rfc3339(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
-    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+    let now = jiff::Timestamp::now();
+    // Whole seconds are always in range; fall back to the precise time.
+    jiff::Timestamp::from_second(now.as_second())
+        .unwrap_or(now)
+        .to_string()
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
@@ -217,6 +233,8 @@ impl Store {
             counter: 0,
             next_cluster_ip: 10,
             next_node_port: 30000,
+            writes: Vec::new(),
+            writer: Arc::from(""),
         };
         for r in builtins() {
             store
@@ -237,6 +255,35 @@ impl Store {
 
     pub fn resource_version(&self) -> u64 {
         self.rv
+    }
+
+    /// Names the client whose request the next writes belong to.
+    pub fn set_writer(&mut self, user_agent: &str) {
+        if *self.writer != *user_agent {
+            self.writer = Arc::from(user_agent);
+        }
+    }
+
+    /// Every write committed so far (oldest first, the last 200,000 at most).
+    pub fn write_log(&self) -> Vec<WriteRecord> {
+        self.writes
+            .iter()
+            .map(|w| WriteRecord {
+                resource_version: w.change.rv,
+                committed_mono_ns: w.committed_mono_ns,
+                kind: w.change.kind.event_type().to_string(),
+                group: w.change.res.0.clone(),
+                resource: w.change.res.1.clone(),
+                namespace: w.change.key.0.clone(),
+                name: w.change.key.1.clone(),
+                user_agent: w.user_agent.to_string(),
+                object: (*w.change.object).clone(),
+            })
+            .collect()
+    }
+
+    pub fn clear_write_log(&mut self) {
+        self.writes.clear();
     }
 
     pub fn resource(&self, group: &str, plural: &str) -> Option<ResourceInfo> {
@@ -306,6 +353,15 @@ impl Store {
             kind,
             object: obj.clone(),
             prev,
+            committed_at: Instant::now(),
+        });
+        if self.writes.len() >= WRITE_LOG_LIMIT {
+            self.writes.drain(..WRITE_LOG_LIMIT / 10);
+        }
+        self.writes.push(LoggedWrite {
+            change: change.clone(),
+            committed_mono_ns: crate::monotonic_ns(),
+            user_agent: self.writer.clone(),
         });
         self.history.push_back(change.clone());
         while self.history.len() > self.history_limit {
@@ -1121,14 +1177,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn time_roundtrip() {
-        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_rfc3339(1_709_251_199), "2024-02-29T23:59:59Z");
-        assert_eq!(parse_rfc3339("2024-02-29T23:59:59Z"), Some(1_709_251_199));
-        assert_eq!(
-            parse_rfc3339("2024-02-29T23:59:59.123456Z"),
-            Some(1_709_251_199)
-        );
+    fn timestamps_have_whole_seconds() {
+        let now = now_rfc3339();
+        assert_eq!(now.len(), "2024-02-29T23:59:59Z".len(), "{now}");
+        assert!(now.parse::<jiff::Timestamp>().is_ok());
     }
 
     #[test]
