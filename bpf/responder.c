@@ -168,13 +168,6 @@ struct na_frame {
 	struct na_msg na;
 } __attribute__((packed));
 
-struct ip6_pseudo {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__be32 len;
-	__be32 nexthdr;
-} __attribute__((packed));
-
 #define ETH_LEN sizeof(struct ethhdr)
 #define ARP_FRAME_LEN (ETH_LEN + sizeof(struct arp_eth))
 #define IP6_OFF ETH_LEN
@@ -350,15 +343,30 @@ static __always_inline __u16 csum_fold(__u32 sum)
 	return (__u16)sum;
 }
 
-/* One's complement sum of the 40-byte IPv6 pseudo header. */
-static __always_inline __u32 csum_pseudo(const struct ip6_pseudo *ph)
+/* Adds `len` bytes at `p` to a one's complement sum as big-endian 16-bit
+ * words (RFC 1071), reading byte by byte: no `__u16 *` view of a struct or of
+ * the packet, so the code is correct under strict aliasing, and the sum has
+ * the same value on every host byte order. `len` is even and a compile-time
+ * constant at every call. */
+static __always_inline __u32 csum_add_be(__u32 sum, const __u8 *p, const int len)
 {
-	const __u16 *w = (const __u16 *)ph;
+#pragma unroll
+	for (int i = 0; i < len; i += 2)
+		sum += ((__u32)p[i] << 8) | p[i + 1];
+	return sum;
+}
+
+/* One's complement sum of the 40-byte IPv6 pseudo header (RFC 8200 §8.1)
+ * for an ICMPv6 message of `len` bytes. */
+static __always_inline __u32 csum_pseudo(const __u8 *saddr, const __u8 *daddr, __u32 len)
+{
 	__u32 sum = 0;
 
-#pragma unroll
-	for (int i = 0; i < (int)(sizeof(*ph) / 2); i++)
-		sum += w[i];
+	sum = csum_add_be(sum, saddr, 16);
+	sum = csum_add_be(sum, daddr, 16);
+	sum += len >> 16;
+	sum += len & 0xffff;
+	sum += IPPROTO_ICMPV6;
 	return sum;
 }
 
@@ -398,7 +406,8 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 	struct l2_responder_v6_key key = {};
 	struct l2_responder_ifmac *ifmac;
 	struct l2_responder_entry *entry;
-	struct ip6_pseudo ph = {};
+	__u8 reply_src[16];
+	__u8 reply_dst[16];
 	struct ip6_hdr *ip6;
 	struct ethhdr *eth;
 	struct nd_msg *ns;
@@ -465,20 +474,16 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 	ip6 = data + IP6_OFF;
 	if ((void *)(ip6 + 1) > end)
 		return verdict_pass(xdp);
-	__builtin_memcpy(ph.saddr, ip6->saddr, 16);
-	__builtin_memcpy(ph.daddr, ip6->daddr, 16);
-	ph.len = bpf_htonl(icmp_len);
-	ph.nexthdr = bpf_htonl(IPPROTO_ICMPV6);
-	sum = csum_pseudo(&ph);
+	sum = csum_pseudo(ip6->saddr, ip6->daddr, icmp_len);
 #pragma unroll
-	for (int i = 0; i < NS_MAX_LEN / 2; i++) {
-		__u16 *w = data + ND_OFF + i * 2;
+	for (int i = 0; i < NS_MAX_LEN; i += 2) {
+		const __u8 *w = data + ND_OFF + i;
 
-		if ((__u32)(i * 2) >= icmp_len)
+		if ((__u32)i >= icmp_len)
 			break;
-		if ((void *)(w + 1) > end)
+		if ((void *)(w + 2) > end)
 			return verdict_pass(xdp);
-		sum += *w;
+		sum += ((__u32)w[0] << 8) | w[1];
 	}
 	if (csum_fold(sum) != 0xffff)
 		return verdict_pass(xdp);
@@ -487,13 +492,13 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 	eth = data;
 	dad = ipv6_is_unspecified(ip6->saddr);
 	__builtin_memcpy(src_mac, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(ph.saddr, key.ip, 16);
+	__builtin_memcpy(reply_src, key.ip, 16);
 	if (dad) {
 		/* ff02::1 and its multicast MAC 33:33:00:00:00:01 */
-		__builtin_memset(ph.daddr, 0, 16);
-		ph.daddr[0] = 0xff;
-		ph.daddr[1] = 0x02;
-		ph.daddr[15] = 0x01;
+		__builtin_memset(reply_dst, 0, 16);
+		reply_dst[0] = 0xff;
+		reply_dst[1] = 0x02;
+		reply_dst[15] = 0x01;
 		reply_mac[0] = 0x33;
 		reply_mac[1] = 0x33;
 		reply_mac[2] = 0;
@@ -501,10 +506,9 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 		reply_mac[4] = 0;
 		reply_mac[5] = 0x01;
 	} else {
-		__builtin_memcpy(ph.daddr, ip6->saddr, 16);
+		__builtin_memcpy(reply_dst, ip6->saddr, 16);
 		__builtin_memcpy(reply_mac, src_mac, ETH_ALEN);
 	}
-	ph.len = bpf_htonl(NA_LEN);
 
 	na.nd.type = ND_NEIGHBOR_ADVERT;
 	na.nd.code = 0;
@@ -513,15 +517,11 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 	na.opt_type = ND_OPT_TARGET_LL_ADDR;
 	na.opt_len = 1;
 	__builtin_memcpy(na.opt_mac, ifmac->addr, ETH_ALEN);
-	sum = csum_pseudo(&ph);
-	{
-		const __u16 *w = (const __u16 *)&na;
-
-#pragma unroll
-		for (int i = 0; i < NA_LEN / 2; i++)
-			sum += w[i];
-	}
-	na.nd.csum = ~csum_fold(sum);
+	sum = csum_pseudo(reply_src, reply_dst, NA_LEN);
+	/* Reading the struct through `__u8 *` is allowed: character types may
+	 * alias any object. */
+	sum = csum_add_be(sum, (const __u8 *)&na, NA_LEN);
+	na.nd.csum = bpf_htons((__u16)~csum_fold(sum));
 
 	/* From here on the frame is rewritten; a failure drops it rather than
 	 * handing a half-built frame to the kernel. */
@@ -544,8 +544,8 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 	ip6->payload_len = bpf_htons(NA_LEN);
 	ip6->nexthdr = IPPROTO_ICMPV6;
 	ip6->hop_limit = NDP_HOP_LIMIT;
-	__builtin_memcpy(ip6->saddr, ph.saddr, 16);
-	__builtin_memcpy(ip6->daddr, ph.daddr, 16);
+	__builtin_memcpy(ip6->saddr, reply_src, 16);
+	__builtin_memcpy(ip6->daddr, reply_dst, 16);
 	__builtin_memcpy(&frame->na, &na, NA_LEN);
 
 	__sync_fetch_and_add(&entry->responses_sent, 1);
