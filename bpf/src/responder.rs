@@ -179,6 +179,21 @@ pub enum ResponderError {
     /// A fence slot beyond the `lease_fence` map.
     #[error("fence slot {0} out of range (the map has {LEASE_FENCE_SLOTS} slots)")]
     FenceSlot(u32),
+    /// The entry exists with another fence slot. Values are never rewritten
+    /// (the datapath counts in them); remove the entry, then insert it.
+    #[error(
+        "{ip} on ifindex {ifindex} is already gated by fence slot {existing_slot}, not {requested_slot}; remove it first"
+    )]
+    SlotMismatch {
+        /// The address.
+        ip: IpAddr,
+        /// The interface.
+        ifindex: u32,
+        /// The slot the existing entry has (and keeps).
+        existing_slot: u32,
+        /// The slot asked for.
+        requested_slot: u32,
+    },
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ResponderError {
@@ -203,28 +218,60 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ResponderError + '_ {
 }
 
 fn is_enoent(err: &MapError) -> bool {
-    matches!(err, MapError::KeyNotFound)
-        || matches!(err, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT))
+    matches!(err, MapError::KeyNotFound) || is_errno(err, libc::ENOENT)
 }
 
-/// Inserts or re-points one responder entry, keeping its counter.
-fn upsert_entry<K: aya::Pod>(
+/// `BPF_NOEXIST`: create the element only if its key is not in the map.
+const BPF_NOEXIST: u64 = 1;
+
+fn is_errno(err: &MapError, errno: i32) -> bool {
+    matches!(err, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(errno))
+}
+
+/// Creates one responder entry for `fence_slot`, never rewriting an existing
+/// value: the datapath counts replies in it (`__sync_fetch_and_add` on the
+/// element), and a whole-value update would swap in a new element and lose
+/// every increment made in between. An existing entry with the same slot is
+/// left as it is; one with another slot is [`ResponderError::SlotMismatch`].
+fn insert_entry<K: aya::Pod>(
     map: &mut HashMap<MapData, K, EntryValue>,
     name: &'static str,
     key: K,
+    ip: IpAddr,
+    ifindex: u32,
     fence_slot: u32,
 ) -> Result<(), ResponderError> {
     check_slot(fence_slot)?;
-    let value = match map.get(&key, 0) {
-        Ok(v) if v.fence_slot == fence_slot => return Ok(()),
-        Ok(v) => EntryValue { fence_slot, ..v },
-        Err(e) if is_enoent(&e) => EntryValue {
-            fence_slot,
-            ..EntryValue::default()
-        },
-        Err(e) => return Err(map_err(name)(e)),
+    let value = EntryValue {
+        fence_slot,
+        ..EntryValue::default()
     };
-    map.insert(key, value, 0).map_err(map_err(name))
+    // Two rounds: the entry may be removed between the failed create and the
+    // read (only by another process: this one owns the maps).
+    for _ in 0..2 {
+        match map.insert(key, value, BPF_NOEXIST) {
+            Ok(()) => return Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
+        match map.get(&key, 0) {
+            Ok(existing) if existing.fence_slot == fence_slot => return Ok(()),
+            Ok(existing) => {
+                return Err(ResponderError::SlotMismatch {
+                    ip,
+                    ifindex,
+                    existing_slot: existing.fence_slot,
+                    requested_slot: fence_slot,
+                });
+            }
+            Err(e) if is_enoent(&e) => continue,
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Err(ResponderError::Map {
+        map: name,
+        source: Box::new(MapError::KeyNotFound),
+    })
 }
 
 /// Removes one responder entry; whether it was there.
@@ -331,14 +378,17 @@ impl Responder {
     }
 
     /// Answers ARP for `ip` on `ifindex`, gated by `lease_fence[fence_slot]`.
-    /// Re-inserting an existing entry keeps its counter.
+    /// An existing entry is never rewritten: with the same slot this is a
+    /// no-op, with another slot [`ResponderError::SlotMismatch`] (remove it
+    /// first; its counter goes with it).
     pub fn insert_v4(
         &mut self,
         ip: Ipv4Addr,
         ifindex: u32,
         fence_slot: u32,
     ) -> Result<(), ResponderError> {
-        upsert_entry(&mut self.v4, MAP_V4, V4Key::new(ip, ifindex), fence_slot)
+        let key = V4Key::new(ip, ifindex);
+        insert_entry(&mut self.v4, MAP_V4, key, ip.into(), ifindex, fence_slot)
     }
 
     /// Stops answering ARP for `ip` on `ifindex`. Returns whether it was there.
@@ -347,14 +397,15 @@ impl Responder {
     }
 
     /// Answers Neighbor Solicitations for `ip` on `ifindex`, gated by
-    /// `lease_fence[fence_slot]`. Re-inserting keeps the counter.
+    /// `lease_fence[fence_slot]`. Same rules as [`Responder::insert_v4`].
     pub fn insert_v6(
         &mut self,
         ip: Ipv6Addr,
         ifindex: u32,
         fence_slot: u32,
     ) -> Result<(), ResponderError> {
-        upsert_entry(&mut self.v6, MAP_V6, V6Key::new(ip, ifindex), fence_slot)
+        let key = V6Key::new(ip, ifindex);
+        insert_entry(&mut self.v6, MAP_V6, key, ip.into(), ifindex, fence_slot)
     }
 
     /// Stops answering for `ip` on `ifindex`. Returns whether it was there.
@@ -362,8 +413,8 @@ impl Responder {
         remove_entry(&mut self.v6, MAP_V6, V6Key::new(ip, ifindex))
     }
 
-    /// Inserts or removes `ip` (either family) on `ifindex`: the form the
-    /// reconciler uses.
+    /// [`Responder::insert_v4`] or [`Responder::insert_v6`] by family: the
+    /// form the reconciler uses.
     pub fn insert(
         &mut self,
         ip: IpAddr,

@@ -367,6 +367,7 @@ fn expired_fence_passes() {
     assert_passes(&mut t, &ns(), IFINDEX);
     // An entry on a slot that was never set is silent too.
     t.r().set_fence(SLOT, u64::MAX).unwrap();
+    assert!(t.r().remove_v4(TARGET4, IFINDEX).unwrap());
     t.r().insert_v4(TARGET4, IFINDEX, SLOT + 1).unwrap();
     assert_passes(&mut t, &arp_request(), IFINDEX);
 }
