@@ -3,12 +3,13 @@
  * l2announcer ARP / IPv6 Neighbor Solicitation responder.
  *
  * Answers ARP requests and Neighbor Solicitations for the Service IPs listed
- * in l2_responder_v4 / l2_responder_v6 for the ingress interface, while the
- * agent is alive (agent_liveness) and the entry's lease fence lies in the
- * future (lease_fence). The reply is built in place and sent back out of the
- * interface it came in on. Every other frame is left untouched and handed on
- * (TC: TC_ACT_UNSPEC, so later TCX programs and legacy tc filters still run;
- * XDP: XDP_PASS).
+ * in l2_responder_v4 / l2_responder_v6 for the ingress interface while three
+ * gates hold: the agent is alive (agent_liveness), the entry's lease fence
+ * lies in the future (lease_fence) and so does the node fence
+ * (l2_responder_node_fence). The reply is built in place and sent back out
+ * of the interface it came in on. Every other frame is left untouched and
+ * handed on (TC: TC_ACT_UNSPEC, so later TCX programs and legacy tc filters
+ * still run; XDP: XDP_PASS).
  *
  * The same logic is compiled twice: `l2_responder` (TC, SEC("classifier"))
  * and `l2_responder_xdp` (XDP). See bpf/README.md for the map contract.
@@ -88,6 +89,16 @@ struct {
 	__uint(max_entries, LEASE_FENCE_SLOTS);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lease_fence SEC(".maps");
+
+/* One deadline for every entry of this node (CLOCK_MONOTONIC ns): extended
+ * by each node-heartbeat renewal, u64::MAX in per-Service election mode. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} l2_responder_node_fence SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -256,12 +267,30 @@ static __always_inline bool agent_alive(__u64 now)
 	return now - *last < cfg->max_liveness_ns;
 }
 
-static __always_inline bool fence_open(const struct l2_responder_entry *entry, __u64 now)
+/* now < lease_fence[entry.fence_slot]; a slot never written (0) is closed. */
+static __always_inline bool lease_fence_open(const struct l2_responder_entry *entry, __u64 now)
 {
 	__u32 slot = entry->fence_slot;
 	__u64 *deadline = bpf_map_lookup_elem(&lease_fence, &slot);
 
 	return deadline && now < *deadline;
+}
+
+/* now < l2_responder_node_fence[0]; never written (0) is closed. */
+static __always_inline bool node_fence_open(__u64 now)
+{
+	__u32 zero = 0;
+	__u64 *deadline = bpf_map_lookup_elem(&l2_responder_node_fence, &zero);
+
+	return deadline && now < *deadline;
+}
+
+/* All three gates of an entry, against one reading of the clock. */
+static __always_inline bool entry_gates_open(const struct l2_responder_entry *entry)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	return agent_alive(now) && lease_fence_open(entry, now) && node_fence_open(now);
 }
 
 static __always_inline bool mac_eq(const __u8 *a, const __u8 *b)
@@ -287,7 +316,6 @@ static __always_inline int handle_arp(void *ctx, __u32 ifindex, const bool xdp)
 	void *data, *end;
 	__u8 requester_mac[ETH_ALEN];
 	__u8 requester_ip[4];
-	__u64 now;
 
 	if (!ctx_pull(ctx, ARP_FRAME_LEN, xdp))
 		return verdict_pass(xdp);
@@ -311,11 +339,7 @@ static __always_inline int handle_arp(void *ctx, __u32 ifindex, const bool xdp)
 	__builtin_memcpy(&key.ip, arp->tpa, 4);
 	key.ifindex = ifindex;
 	entry = bpf_map_lookup_elem(&l2_responder_v4, &key);
-	if (!entry)
-		return verdict_pass(xdp);
-
-	now = bpf_ktime_get_ns();
-	if (!agent_alive(now) || !fence_open(entry, now))
+	if (!entry || !entry_gates_open(entry))
 		return verdict_pass(xdp);
 
 	/* Build the reply in place. */
@@ -419,7 +443,6 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 	__u32 icmp_len;
 	__u32 sum;
 	bool dad;
-	__u64 now;
 
 	if (!ctx_pull(ctx, ND_OFF + NS_MIN_LEN, xdp))
 		return verdict_pass(xdp);
@@ -459,11 +482,7 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 	__builtin_memcpy(key.ip, ns->target, 16);
 	key.ifindex = ifindex;
 	entry = bpf_map_lookup_elem(&l2_responder_v6, &key);
-	if (!entry)
-		return verdict_pass(xdp);
-
-	now = bpf_ktime_get_ns();
-	if (!agent_alive(now) || !fence_open(entry, now))
+	if (!entry || !entry_gates_open(entry))
 		return verdict_pass(xdp);
 
 	/* Verify the ICMPv6 checksum over pseudo header and message. */

@@ -42,16 +42,18 @@ const MAP_V4: &str = "l2_responder_v4";
 const MAP_V6: &str = "l2_responder_v6";
 const MAP_LIVENESS: &str = "agent_liveness";
 const MAP_FENCE: &str = "lease_fence";
+const MAP_NODE_FENCE: &str = "l2_responder_node_fence";
 const MAP_IFMAC: &str = "l2_responder_ifmac";
 const MAP_CONFIG: &str = "l2_responder_config";
 const LINKS_DIR: &str = "links";
 
 /// Every map the object pins: name, key size, value size, max entries.
-const PINNED_MAPS: [(&str, u32, u32, u32); 6] = [
+const PINNED_MAPS: [(&str, u32, u32, u32); 7] = [
     (MAP_V4, 8, 16, RESPONDER_MAX_ENTRIES),
     (MAP_V6, 24, 16, RESPONDER_MAX_ENTRIES),
     (MAP_LIVENESS, 4, 8, 1),
     (MAP_FENCE, 4, 8, LEASE_FENCE_SLOTS),
+    (MAP_NODE_FENCE, 4, 8, 1),
     (MAP_IFMAC, 4, 8, IFMAC_MAX_ENTRIES),
     (MAP_CONFIG, 4, 16, 1),
 ];
@@ -274,6 +276,19 @@ fn insert_entry<K: aya::Pod>(
     })
 }
 
+/// The fence slot of an entry, if it exists.
+fn lookup_slot<K: aya::Pod>(
+    map: &HashMap<MapData, K, EntryValue>,
+    name: &'static str,
+    key: &K,
+) -> Result<Option<u32>, ResponderError> {
+    match map.get(key, 0) {
+        Ok(v) => Ok(Some(v.fence_slot)),
+        Err(e) if is_enoent(&e) => Ok(None),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
 /// Removes one responder entry; whether it was there.
 fn remove_entry<K: aya::Pod>(
     map: &mut HashMap<MapData, K, EntryValue>,
@@ -295,6 +310,7 @@ pub struct Responder {
     v6: HashMap<MapData, V6Key, EntryValue>,
     liveness: Array<MapData, u64>,
     fence: Array<MapData, u64>,
+    node_fence: Array<MapData, u64>,
     ifmac: HashMap<MapData, u32, IfMacValue>,
     config: Array<MapData, ConfigValue>,
 }
@@ -345,6 +361,7 @@ impl Responder {
         let v6 = HashMap::try_from(take(MAP_V6)?).map_err(map_err(MAP_V6))?;
         let liveness = Array::try_from(take(MAP_LIVENESS)?).map_err(map_err(MAP_LIVENESS))?;
         let fence = Array::try_from(take(MAP_FENCE)?).map_err(map_err(MAP_FENCE))?;
+        let node_fence = Array::try_from(take(MAP_NODE_FENCE)?).map_err(map_err(MAP_NODE_FENCE))?;
         let ifmac = HashMap::try_from(take(MAP_IFMAC)?).map_err(map_err(MAP_IFMAC))?;
         let cfg = Array::try_from(take(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
 
@@ -355,6 +372,7 @@ impl Responder {
             v6,
             liveness,
             fence,
+            node_fence,
             ifmac,
             config: cfg,
         };
@@ -492,6 +510,57 @@ impl Responder {
     pub fn fence(&self, slot: u32) -> Result<u64, ResponderError> {
         check_slot(slot)?;
         self.fence.get(&slot, 0).map_err(map_err(MAP_FENCE))
+    }
+
+    /// Sets the node fence (CLOCK_MONOTONIC ns): every entry is answered only
+    /// before it, whatever its lease fence says. In node-heartbeat election
+    /// mode each heartbeat renewal extends it (one map write for all the
+    /// node's claims); in per-Service mode it is `u64::MAX`. 0 (never
+    /// written, the state of a fresh map) closes every entry.
+    pub fn set_node_fence(&mut self, deadline_ns: u64) -> Result<(), ResponderError> {
+        self.node_fence
+            .set(0, deadline_ns, 0)
+            .map_err(map_err(MAP_NODE_FENCE))
+    }
+
+    /// The node fence's deadline.
+    pub fn node_fence(&self) -> Result<u64, ResponderError> {
+        self.node_fence.get(&0, 0).map_err(map_err(MAP_NODE_FENCE))
+    }
+
+    /// Whether the datapath answers for `ip` on `ifindex` at this moment, by
+    /// the same gates it applies: the entry exists, its interface has a
+    /// MAC, agent liveness is younger than the maximum, and both its lease
+    /// fence and the node fence lie in the future. Check it right before
+    /// sending a gratuitous ARP / unsolicited NA for the entry.
+    pub fn answers(&self, ip: IpAddr, ifindex: u32) -> Result<bool, ResponderError> {
+        let slot = match ip {
+            IpAddr::V4(v4) => lookup_slot(&self.v4, MAP_V4, &V4Key::new(v4, ifindex))?,
+            IpAddr::V6(v6) => lookup_slot(&self.v6, MAP_V6, &V6Key::new(v6, ifindex))?,
+        };
+        let Some(slot) = slot else {
+            return Ok(false);
+        };
+        let has_mac = match self.ifmac.get(&ifindex, 0) {
+            Ok(_) => true,
+            Err(e) if is_enoent(&e) => false,
+            Err(e) => return Err(map_err(MAP_IFMAC)(e)),
+        };
+        let liveness = self.liveness()?;
+        let max = self
+            .config
+            .get(&0, 0)
+            .map_err(map_err(MAP_CONFIG))?
+            .max_liveness_ns;
+        let lease = if slot < LEASE_FENCE_SLOTS {
+            self.fence(slot)?
+        } else {
+            0
+        };
+        let node = self.node_fence()?;
+        let now = sys::monotonic_now_ns();
+        let alive = liveness != 0 && liveness <= now && now - liveness < max;
+        Ok(has_mac && alive && now < lease && now < node)
     }
 
     /// Records the MAC the datapath answers with on `ifindex` (also done by

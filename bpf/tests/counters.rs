@@ -53,6 +53,7 @@ fn reinserting_an_entry_while_it_answers_loses_no_count() {
     let now = r.set_liveness_now().unwrap();
     r.set_fence(SLOT, now + 600_000_000_000).unwrap();
     r.set_fence(OTHER_SLOT, now + 600_000_000_000).unwrap();
+    r.set_node_fence(u64::MAX).unwrap();
     let prog = r
         .program_fd(AttachMode::Tc)
         .unwrap()

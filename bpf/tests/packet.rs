@@ -33,6 +33,7 @@ fn fixture(ifindex: u32) -> TestResponder {
     r.insert_v6(TARGET6, ifindex, SLOT).unwrap();
     let now = r.set_liveness_now().unwrap();
     r.set_fence(SLOT, now + 60_000_000_000).unwrap();
+    r.set_node_fence(u64::MAX).unwrap();
     t
 }
 
@@ -370,6 +371,53 @@ fn expired_fence_passes() {
     assert!(t.r().remove_v4(TARGET4, IFINDEX).unwrap());
     t.r().insert_v4(TARGET4, IFINDEX, SLOT + 1).unwrap();
     assert_passes(&mut t, &arp_request(), IFINDEX);
+}
+
+#[test]
+fn node_fence_gates_every_entry() {
+    let mut t = fixture(IFINDEX);
+    assert!(t.r().answers(TARGET4.into(), IFINDEX).unwrap());
+    // Never written (a fresh map holds 0): closed.
+    t.r().set_node_fence(0).unwrap();
+    assert_eq!(t.r().node_fence().unwrap(), 0);
+    assert!(!t.r().answers(TARGET4.into(), IFINDEX).unwrap());
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+    assert_passes(&mut t, &ns(), IFINDEX);
+    // Expired, although liveness and the lease fence are open.
+    t.r().set_node_fence(monotonic_now_ns() - 1).unwrap();
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+    assert_passes(&mut t, &ns(), IFINDEX);
+    // Extended (a heartbeat renewal): answered again.
+    t.r()
+        .set_node_fence(monotonic_now_ns() + 60_000_000_000)
+        .unwrap();
+    assert!(t.r().answers(TARGET6.into(), IFINDEX).unwrap());
+    assert_eq!(run_tc(&t, &arp_request(), IFINDEX).0, TC_ACT_REDIRECT);
+    assert_eq!(run_tc(&t, &ns(), IFINDEX).0, TC_ACT_REDIRECT);
+    // The node fence does not open a closed lease fence.
+    t.r().set_fence(SLOT, 0).unwrap();
+    assert!(!t.r().answers(TARGET4.into(), IFINDEX).unwrap());
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+}
+
+#[test]
+fn a_fresh_responder_answers_nothing_until_every_gate_is_set() {
+    let mut t = TestResponder::new();
+    let r = t.r();
+    r.set_interface_mac(IFINDEX, IF_MAC).unwrap();
+    r.insert_v4(TARGET4, IFINDEX, SLOT).unwrap();
+    assert_eq!(r.node_fence().unwrap(), 0);
+    assert!(!r.answers(TARGET4.into(), IFINDEX).unwrap());
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+    let now = t.r().set_liveness_now().unwrap();
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+    t.r().set_fence(SLOT, now + 60_000_000_000).unwrap();
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+    t.r().set_node_fence(now + 60_000_000_000).unwrap();
+    assert!(t.r().answers(TARGET4.into(), IFINDEX).unwrap());
+    assert!(!t.r().answers(TARGET4.into(), IFINDEX + 1).unwrap());
+    assert!(!t.r().answers(TARGET6.into(), IFINDEX).unwrap());
+    assert_eq!(run_tc(&t, &arp_request(), IFINDEX).0, TC_ACT_REDIRECT);
 }
 
 #[test]

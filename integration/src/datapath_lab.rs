@@ -162,10 +162,13 @@ impl InProcessAgent {
         ensure_bpffs()?;
         let pin_dir = Path::new("/sys/fs/bpf").join(unique_name("l2a-dp"));
         let mut guard = PinGuard(Some(pin_dir.clone()));
-        let responder = Responder::open(&ResponderConfig {
+        let mut responder = Responder::open(&ResponderConfig {
             pin_dir: pin_dir.clone(),
             max_liveness: config.max_liveness,
         })?;
+        // Per-Service election mode: the node fence never closes; the lease
+        // fences (set by `renewed`) gate the entries.
+        responder.set_node_fence(u64::MAX)?;
         let datapath = Arc::new(Mutex::new(Datapath::new(responder, config.mode)));
         let db = statedb::Db::open_temporary()?;
         let rows = Table::open(&db, L2_ANNOUNCE)?;
