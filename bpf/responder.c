@@ -3,15 +3,21 @@
  * l2announcer ARP / IPv6 Neighbor Solicitation responder.
  *
  * Answers ARP requests and Neighbor Solicitations for the Service IPs listed
- * in l2_responder_v4 / l2_responder_v6 for the ingress interface, while the
- * agent is alive (agent_liveness) and the entry's lease fence lies in the
- * future (lease_fence). The reply is built in place and sent back out of the
- * interface it came in on. Every other frame is left untouched and handed on
- * (TC: TC_ACT_UNSPEC, so later TCX programs and legacy tc filters still run;
- * XDP: XDP_PASS).
+ * in l2_responder_v4 / l2_responder_v6 for the ingress interface, exactly as
+ * Linux answers for an address it owns (RFC 826, RFC 5227, RFC 4861 §7.1.1;
+ * bpf/README.md lists every rule), while three gates hold: the agent is alive
+ * (agent_liveness), the entry's lease fence lies in the future (lease_fence)
+ * and so does the node fence (l2_responder_node_fence). The reply is built in
+ * place and sent back out of the interface it came in on. Every other frame
+ * is left untouched and handed on (TC: TC_ACT_UNSPEC, so later TCX programs
+ * and legacy tc filters still run; XDP: XDP_PASS).
  *
  * The same logic is compiled twice: `l2_responder` (TC, SEC("classifier"))
  * and `l2_responder_xdp` (XDP). See bpf/README.md for the map contract.
+ *
+ * Multi-byte fields are read byte by byte or through memcpy into locals:
+ * nothing reads a struct through a pointer of another type, so the code is
+ * correct under strict aliasing without -fno-strict-aliasing.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -89,6 +95,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lease_fence SEC(".maps");
 
+/* One deadline for every entry of this node (CLOCK_MONOTONIC ns): extended
+ * by each node-heartbeat renewal, u64::MAX in per-Service election mode. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} l2_responder_node_fence SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);
@@ -114,16 +130,23 @@ struct {
 #define IPPROTO_ICMPV6 58
 #define ND_NEIGHBOR_SOLICIT 135
 #define ND_NEIGHBOR_ADVERT 136
+#define ND_OPT_SOURCE_LL_ADDR 1
 #define ND_OPT_TARGET_LL_ADDR 2
 #define NA_FLAG_SOLICITED 0x40
 #define NA_FLAG_OVERRIDE 0x20
 #define NDP_HOP_LIMIT 255
 
 /* Smallest NS is 24 bytes (type, code, checksum, reserved, target); options
- * come in units of 8 bytes. Longer solicitations are passed to the kernel. */
+ * come in units of 8 bytes. Longer solicitations are passed to the kernel
+ * (a real one carries a source link-layer address and at most a nonce). */
 #define NS_MIN_LEN 24
 #define NS_MAX_LEN 256
+#define NS_MAX_OPTS ((NS_MAX_LEN - NS_MIN_LEN) / 8)
 #define NA_LEN 32
+
+/* The ARP reply is an Ethernet frame of the minimum size (60 bytes without
+ * FCS): 14 + 28 bytes and 18 bytes of zero padding. */
+#define ETH_MIN_FRAME 60
 
 struct arp_eth {
 	__be16 htype;
@@ -135,6 +158,12 @@ struct arp_eth {
 	__u8 spa[4];
 	__u8 tha[ETH_ALEN];
 	__u8 tpa[4];
+} __attribute__((packed));
+
+struct arp_reply_frame {
+	struct ethhdr eth;
+	struct arp_eth arp;
+	__u8 pad[ETH_MIN_FRAME - sizeof(struct ethhdr) - sizeof(struct arp_eth)];
 } __attribute__((packed));
 
 struct ip6_hdr {
@@ -166,13 +195,6 @@ struct na_frame {
 	struct ethhdr eth;
 	struct ip6_hdr ip6;
 	struct na_msg na;
-} __attribute__((packed));
-
-struct ip6_pseudo {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__be32 len;
-	__be32 nexthdr;
 } __attribute__((packed));
 
 #define ETH_LEN sizeof(struct ethhdr)
@@ -214,6 +236,12 @@ static __always_inline int verdict_send(__u32 ifindex, const bool xdp)
 	if (xdp)
 		return XDP_TX;
 	return bpf_redirect(ifindex, 0);
+}
+
+/* After a failed rewrite the frame is neither the request nor a reply. */
+static __always_inline int verdict_drop(const bool xdp)
+{
+	return xdp ? XDP_DROP : TC_ACT_SHOT;
 }
 
 /* Makes at least `len` bytes directly readable (TC only: an skb may hold part
@@ -263,13 +291,33 @@ static __always_inline bool agent_alive(__u64 now)
 	return now - *last < cfg->max_liveness_ns;
 }
 
-static __always_inline bool fence_open(const struct l2_responder_entry *entry, __u64 now)
+/* now < lease_fence[entry.fence_slot]; a slot never written (0) is closed. */
+static __always_inline bool lease_fence_open(const struct l2_responder_entry *entry, __u64 now)
 {
 	__u32 slot = entry->fence_slot;
 	__u64 *deadline = bpf_map_lookup_elem(&lease_fence, &slot);
 
 	return deadline && now < *deadline;
 }
+
+/* now < l2_responder_node_fence[0]; never written (0) is closed. */
+static __always_inline bool node_fence_open(__u64 now)
+{
+	__u32 zero = 0;
+	__u64 *deadline = bpf_map_lookup_elem(&l2_responder_node_fence, &zero);
+
+	return deadline && now < *deadline;
+}
+
+/* All three gates of an entry, against one reading of the clock. */
+static __always_inline bool entry_gates_open(const struct l2_responder_entry *entry)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	return agent_alive(now) && lease_fence_open(entry, now) && node_fence_open(now);
+}
+
+/* ---- addresses ----------------------------------------------------------- */
 
 static __always_inline bool mac_eq(const __u8 *a, const __u8 *b)
 {
@@ -282,84 +330,43 @@ static __always_inline bool mac_is_broadcast(const __u8 *a)
 	return (a[0] & a[1] & a[2] & a[3] & a[4] & a[5]) == 0xff;
 }
 
-/* ---- ARP ----------------------------------------------------------------- */
-
-static __always_inline int handle_arp(void *ctx, __u32 ifindex, const bool xdp)
+/* The I/G bit: multicast and broadcast addresses. */
+static __always_inline bool mac_is_group(const __u8 *a)
 {
-	struct l2_responder_v4_key key = {};
-	struct l2_responder_ifmac *ifmac;
-	struct l2_responder_entry *entry;
-	struct arp_eth *arp;
-	struct ethhdr *eth;
-	void *data, *end;
-	__u8 requester_mac[ETH_ALEN];
-	__u8 requester_ip[4];
-	__u64 now;
-
-	if (!ctx_pull(ctx, ARP_FRAME_LEN, xdp))
-		return verdict_pass(xdp);
-	data = ctx_data(ctx, xdp);
-	end = ctx_data_end(ctx, xdp);
-	eth = data;
-	arp = data + ETH_LEN;
-	if ((void *)(arp + 1) > end)
-		return verdict_pass(xdp);
-
-	if (arp->htype != bpf_htons(ARPHRD_ETHER) || arp->ptype != bpf_htons(ETH_P_IP) ||
-	    arp->hlen != ETH_ALEN || arp->plen != 4 || arp->op != bpf_htons(ARPOP_REQUEST))
-		return verdict_pass(xdp);
-
-	ifmac = bpf_map_lookup_elem(&l2_responder_ifmac, &ifindex);
-	if (!ifmac)
-		return verdict_pass(xdp);
-	if (!mac_is_broadcast(eth->h_dest) && !mac_eq(eth->h_dest, ifmac->addr))
-		return verdict_pass(xdp);
-
-	__builtin_memcpy(&key.ip, arp->tpa, 4);
-	key.ifindex = ifindex;
-	entry = bpf_map_lookup_elem(&l2_responder_v4, &key);
-	if (!entry)
-		return verdict_pass(xdp);
-
-	now = bpf_ktime_get_ns();
-	if (!agent_alive(now) || !fence_open(entry, now))
-		return verdict_pass(xdp);
-
-	/* Build the reply in place. */
-	__builtin_memcpy(requester_mac, arp->sha, ETH_ALEN);
-	__builtin_memcpy(requester_ip, arp->spa, 4);
-
-	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, ifmac->addr, ETH_ALEN);
-	arp->op = bpf_htons(ARPOP_REPLY);
-	__builtin_memcpy(arp->tha, requester_mac, ETH_ALEN);
-	__builtin_memcpy(arp->tpa, requester_ip, 4);
-	__builtin_memcpy(arp->sha, ifmac->addr, ETH_ALEN);
-	__builtin_memcpy(arp->spa, &key.ip, 4);
-
-	__sync_fetch_and_add(&entry->responses_sent, 1);
-	return verdict_send(ifindex, xdp);
+	return a[0] & 0x01;
 }
 
-/* ---- IPv6 Neighbor Solicitation -------------------------------------------- */
-
-static __always_inline __u16 csum_fold(__u32 sum)
+/* A station address that is not ours: where a reply may go, and where a
+ * request we answer may come from. */
+static __always_inline bool mac_is_other_station(const __u8 *a, const __u8 *ours)
 {
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return (__u16)sum;
+	return !mac_is_group(a) && !mac_eq(a, ours);
 }
 
-/* One's complement sum of the 40-byte IPv6 pseudo header. */
-static __always_inline __u32 csum_pseudo(const struct ip6_pseudo *ph)
+/* A sender protocol address Linux accepts for an ARP request (not a martian
+ * source of ip_route_input): 0.0.0.0 (an RFC 5227 probe) or a unicast
+ * address outside 0/8 and 127/8. */
+static __always_inline bool ipv4_sender_ok(const __u8 *a)
 {
-	const __u16 *w = (const __u16 *)ph;
-	__u32 sum = 0;
+	if (a[0] == 0)
+		return (a[1] | a[2] | a[3]) == 0;
+	if (a[0] == 127 || (a[0] & 0xf0) == 0xe0)
+		return false;
+	return (a[0] & a[1] & a[2] & a[3]) != 0xff;
+}
 
-#pragma unroll
-	for (int i = 0; i < (int)(sizeof(*ph) / 2); i++)
-		sum += w[i];
-	return sum;
+/* A target protocol address Linux may own: not 0/8, loopback, multicast or
+ * the limited broadcast address. */
+static __always_inline bool ipv4_target_ok(const __u8 *a)
+{
+	if (a[0] == 0 || a[0] == 127 || (a[0] & 0xf0) == 0xe0)
+		return false;
+	return (a[0] & a[1] & a[2] & a[3]) != 0xff;
+}
+
+static __always_inline bool ipv4_eq(const __u8 *a, const __u8 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
 }
 
 static __always_inline bool ipv6_is_unspecified(const __u8 *a)
@@ -370,6 +377,21 @@ static __always_inline bool ipv6_is_unspecified(const __u8 *a)
 	for (int i = 0; i < 16; i++)
 		acc |= a[i];
 	return acc == 0;
+}
+
+static __always_inline bool ipv6_is_loopback(const __u8 *a)
+{
+	__u8 acc = a[15] ^ 0x01;
+
+#pragma unroll
+	for (int i = 0; i < 15; i++)
+		acc |= a[i];
+	return acc == 0;
+}
+
+static __always_inline bool ipv6_is_multicast(const __u8 *a)
+{
+	return a[0] == 0xff;
 }
 
 static __always_inline bool ipv6_eq(const __u8 *a, const __u8 *b)
@@ -393,24 +415,161 @@ static __always_inline bool ipv6_is_solicited_node_of(const __u8 *a, const __u8 
 	return acc == 0 && a[13] == target[13] && a[14] == target[14] && a[15] == target[15];
 }
 
+/* 33:33 followed by the last four bytes of the IPv6 multicast `group`
+ * (RFC 2464 §7). */
+static __always_inline bool mac_is_multicast_of(const __u8 *mac, const __u8 *group)
+{
+	return mac[0] == 0x33 && mac[1] == 0x33 && mac[2] == group[12] && mac[3] == group[13] &&
+	       mac[4] == group[14] && mac[5] == group[15];
+}
+
+/* ---- ARP ----------------------------------------------------------------- */
+
+static __always_inline int handle_arp(void *ctx, __u32 ifindex, const bool xdp)
+{
+	struct l2_responder_v4_key key = {};
+	struct l2_responder_ifmac *ifmac;
+	struct l2_responder_entry *entry;
+	struct arp_reply_frame *reply;
+	struct arp_eth *arp;
+	struct ethhdr *eth;
+	void *data, *end;
+	__u8 requester_mac[ETH_ALEN];
+	__u8 requester_ip[4];
+	__u8 target_ip[4];
+
+	if (!ctx_pull(ctx, ARP_FRAME_LEN, xdp))
+		return verdict_pass(xdp);
+	data = ctx_data(ctx, xdp);
+	end = ctx_data_end(ctx, xdp);
+	eth = data;
+	arp = data + ETH_LEN;
+	if ((void *)(arp + 1) > end)
+		return verdict_pass(xdp);
+
+	/* RFC 826: an Ethernet/IPv4 request. */
+	if (arp->htype != bpf_htons(ARPHRD_ETHER) || arp->ptype != bpf_htons(ETH_P_IP) ||
+	    arp->hlen != ETH_ALEN || arp->plen != 4 || arp->op != bpf_htons(ARPOP_REQUEST))
+		return verdict_pass(xdp);
+
+	/* To everyone or to this interface, from another station: never from a
+	 * group address (RFC 5227 §2.1.1 drops those), never our own frames. */
+	ifmac = bpf_map_lookup_elem(&l2_responder_ifmac, &ifindex);
+	if (!ifmac)
+		return verdict_pass(xdp);
+	if (!mac_is_broadcast(eth->h_dest) && !mac_eq(eth->h_dest, ifmac->addr))
+		return verdict_pass(xdp);
+	if (!mac_is_other_station(eth->h_source, ifmac->addr) ||
+	    !mac_is_other_station(arp->sha, ifmac->addr))
+		return verdict_pass(xdp);
+
+	__builtin_memcpy(requester_mac, arp->sha, ETH_ALEN);
+	__builtin_memcpy(requester_ip, arp->spa, 4);
+	__builtin_memcpy(target_ip, arp->tpa, 4);
+
+	/* Probes (sender 0.0.0.0) are answered, announcements (sender = target)
+	 * are not, nor are martian senders or targets. */
+	if (!ipv4_sender_ok(requester_ip) || !ipv4_target_ok(target_ip) ||
+	    ipv4_eq(requester_ip, target_ip))
+		return verdict_pass(xdp);
+
+	/* A sender claiming an address answered here is a conflict, not a
+	 * neighbour: Linux drops requests from its own addresses. */
+	__builtin_memcpy(&key.ip, requester_ip, 4);
+	key.ifindex = ifindex;
+	if (bpf_map_lookup_elem(&l2_responder_v4, &key))
+		return verdict_pass(xdp);
+
+	__builtin_memcpy(&key.ip, target_ip, 4);
+	entry = bpf_map_lookup_elem(&l2_responder_v4, &key);
+	if (!entry || !entry_gates_open(entry))
+		return verdict_pass(xdp);
+
+	/* The reply: a fresh minimum-size frame to the sender hardware address
+	 * (RFC 826, as Linux sends it); nothing of the request's padding is
+	 * echoed. */
+	if (!ctx_resize(ctx, ETH_MIN_FRAME, xdp))
+		return verdict_pass(xdp);
+	data = ctx_data(ctx, xdp);
+	end = ctx_data_end(ctx, xdp);
+	reply = data;
+	if ((void *)(reply + 1) > end)
+		return verdict_drop(xdp);
+
+	__builtin_memcpy(reply->eth.h_dest, requester_mac, ETH_ALEN);
+	__builtin_memcpy(reply->eth.h_source, ifmac->addr, ETH_ALEN);
+	reply->eth.h_proto = bpf_htons(ETH_P_ARP);
+	reply->arp.htype = bpf_htons(ARPHRD_ETHER);
+	reply->arp.ptype = bpf_htons(ETH_P_IP);
+	reply->arp.hlen = ETH_ALEN;
+	reply->arp.plen = 4;
+	reply->arp.op = bpf_htons(ARPOP_REPLY);
+	__builtin_memcpy(reply->arp.sha, ifmac->addr, ETH_ALEN);
+	__builtin_memcpy(reply->arp.spa, target_ip, 4);
+	__builtin_memcpy(reply->arp.tha, requester_mac, ETH_ALEN);
+	__builtin_memcpy(reply->arp.tpa, requester_ip, 4);
+	__builtin_memset(reply->pad, 0, sizeof(reply->pad));
+
+	__sync_fetch_and_add(&entry->responses_sent, 1);
+	return verdict_send(ifindex, xdp);
+}
+
+/* ---- IPv6 Neighbor Solicitation -------------------------------------------- */
+
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+/* Adds `len` bytes at `p` to a one's complement sum as big-endian 16-bit
+ * words (RFC 1071), reading byte by byte: no `__u16 *` view of a struct or of
+ * the packet, so the code is correct under strict aliasing, and the sum has
+ * the same value on every host byte order. `len` is even and a compile-time
+ * constant at every call. */
+static __always_inline __u32 csum_add_be(__u32 sum, const __u8 *p, const int len)
+{
+#pragma unroll
+	for (int i = 0; i < len; i += 2)
+		sum += ((__u32)p[i] << 8) | p[i + 1];
+	return sum;
+}
+
+/* One's complement sum of the 40-byte IPv6 pseudo header (RFC 8200 §8.1)
+ * for an ICMPv6 message of `len` bytes. */
+static __always_inline __u32 csum_pseudo(const __u8 *saddr, const __u8 *daddr, __u32 len)
+{
+	__u32 sum = 0;
+
+	sum = csum_add_be(sum, saddr, 16);
+	sum = csum_add_be(sum, daddr, 16);
+	sum += len >> 16;
+	sum += len & 0xffff;
+	sum += IPPROTO_ICMPV6;
+	return sum;
+}
+
 static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 {
 	struct l2_responder_v6_key key = {};
 	struct l2_responder_ifmac *ifmac;
 	struct l2_responder_entry *entry;
-	struct ip6_pseudo ph = {};
 	struct ip6_hdr *ip6;
 	struct ethhdr *eth;
 	struct nd_msg *ns;
 	struct na_msg na = {};
 	struct na_frame *frame;
+	__u8 reply_src[16];
+	__u8 reply_dst[16];
 	__u8 reply_mac[ETH_ALEN];
-	__u8 src_mac[ETH_ALEN];
 	void *data, *end;
 	__u32 icmp_len;
+	__u32 slla_off;
+	__u32 off;
 	__u32 sum;
+	bool solicited_node;
 	bool dad;
-	__u64 now;
 
 	if (!ctx_pull(ctx, ND_OFF + NS_MIN_LEN, xdp))
 		return verdict_pass(xdp);
@@ -422,42 +581,49 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 	if ((void *)(ns + 1) > end)
 		return verdict_pass(xdp);
 
+	/* IPv6 header: version 6, ICMPv6 directly (extension headers pass),
+	 * hop limit 255 (RFC 4861 §7.1.1), a payload of NS size. */
 	if ((ip6->vtc_flow[0] >> 4) != 6 || ip6->nexthdr != IPPROTO_ICMPV6 ||
 	    ip6->hop_limit != NDP_HOP_LIMIT)
 		return verdict_pass(xdp);
+	icmp_len = bpf_ntohs(ip6->payload_len);
+	if (icmp_len < NS_MIN_LEN || icmp_len > NS_MAX_LEN)
+		return verdict_pass(xdp);
 	if (ns->type != ND_NEIGHBOR_SOLICIT || ns->code != 0)
 		return verdict_pass(xdp);
-	icmp_len = bpf_ntohs(ip6->payload_len);
-	if (icmp_len < NS_MIN_LEN || icmp_len > NS_MAX_LEN || (icmp_len & 7) != 0)
-		return verdict_pass(xdp);
 
-	/* Addressing: to the target itself (unicast NUD) or to its
-	 * solicited-node group; DAD (source ::) only to the group. */
+	/* Addresses: no multicast or loopback source (RFC 4291 §2.7, §2.5.3), a
+	 * unicast target; to the target itself or to its solicited-node group,
+	 * DAD (source ::) only to the group. */
+	if (ipv6_is_multicast(ip6->saddr) || ipv6_is_loopback(ip6->saddr))
+		return verdict_pass(xdp);
+	if (ipv6_is_multicast(ns->target) || ipv6_is_unspecified(ns->target) ||
+	    ipv6_is_loopback(ns->target))
+		return verdict_pass(xdp);
 	dad = ipv6_is_unspecified(ip6->saddr);
-	if (!ipv6_is_solicited_node_of(ip6->daddr, ns->target) &&
-	    (dad || !ipv6_eq(ip6->daddr, ns->target)))
+	solicited_node = ipv6_is_solicited_node_of(ip6->daddr, ns->target);
+	if (!solicited_node && (dad || !ipv6_eq(ip6->daddr, ns->target)))
 		return verdict_pass(xdp);
 
+	/* Ethernet: to this interface, or to the group's multicast MAC; from
+	 * another station. */
 	ifmac = bpf_map_lookup_elem(&l2_responder_ifmac, &ifindex);
 	if (!ifmac)
 		return verdict_pass(xdp);
 	if (!mac_eq(eth->h_dest, ifmac->addr) &&
-	    !(eth->h_dest[0] == 0x33 && eth->h_dest[1] == 0x33 &&
-	      eth->h_dest[2] == ip6->daddr[12] && eth->h_dest[3] == ip6->daddr[13] &&
-	      eth->h_dest[4] == ip6->daddr[14] && eth->h_dest[5] == ip6->daddr[15]))
+	    !(solicited_node && mac_is_multicast_of(eth->h_dest, ip6->daddr)))
+		return verdict_pass(xdp);
+	if (!mac_is_other_station(eth->h_source, ifmac->addr))
 		return verdict_pass(xdp);
 
 	__builtin_memcpy(key.ip, ns->target, 16);
 	key.ifindex = ifindex;
 	entry = bpf_map_lookup_elem(&l2_responder_v6, &key);
-	if (!entry)
+	if (!entry || !entry_gates_open(entry))
 		return verdict_pass(xdp);
 
-	now = bpf_ktime_get_ns();
-	if (!agent_alive(now) || !fence_open(entry, now))
-		return verdict_pass(xdp);
-
-	/* Verify the ICMPv6 checksum over pseudo header and message. */
+	/* The whole message: the frame must hold the IPv6 payload (bytes after
+	 * it are ignored, as the kernel trims them). */
 	if (!ctx_pull(ctx, ND_OFF + icmp_len, xdp))
 		return verdict_pass(xdp);
 	data = ctx_data(ctx, xdp);
@@ -465,47 +631,93 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 	ip6 = data + IP6_OFF;
 	if ((void *)(ip6 + 1) > end)
 		return verdict_pass(xdp);
-	__builtin_memcpy(ph.saddr, ip6->saddr, 16);
-	__builtin_memcpy(ph.daddr, ip6->daddr, 16);
-	ph.len = bpf_htonl(icmp_len);
-	ph.nexthdr = bpf_htonl(IPPROTO_ICMPV6);
-	sum = csum_pseudo(&ph);
-#pragma unroll
-	for (int i = 0; i < NS_MAX_LEN / 2; i++) {
-		__u16 *w = data + ND_OFF + i * 2;
 
-		if ((__u32)(i * 2) >= icmp_len)
+	/* ICMPv6 checksum (RFC 4443 §2.3). */
+	sum = csum_pseudo(ip6->saddr, ip6->daddr, icmp_len);
+#pragma unroll
+	for (int i = 0; i < NS_MAX_LEN; i += 2) {
+		const __u8 *w = data + ND_OFF + i;
+
+		if ((__u32)i >= icmp_len)
 			break;
-		if ((void *)(w + 1) > end)
+		if ((void *)(w + 2) > end)
 			return verdict_pass(xdp);
-		sum += *w;
+		sum += ((__u32)w[0] << 8) | w[1];
 	}
 	if (csum_fold(sum) != 0xffff)
 		return verdict_pass(xdp);
 
-	/* Everything needed for the reply, taken before the frame changes. */
+	/* Options (RFC 4861 §4.6): each has a length > 0 and ends inside the
+	 * message, which they fill exactly. The first Source Link-Layer
+	 * Address option counts (later ones are ignored, as Linux does). */
+	slla_off = 0;
+	off = NS_MIN_LEN;
+#pragma unroll
+	for (int i = 0; i < NS_MAX_OPTS; i++) {
+		const __u8 *opt;
+		__u32 opt_len;
+
+		if (off >= icmp_len || off > NS_MAX_LEN - 8)
+			break;
+		opt = data + ND_OFF + off;
+		if ((void *)(opt + 2) > end)
+			return verdict_pass(xdp);
+		opt_len = (__u32)opt[1] * 8;
+		if (opt_len == 0 || opt_len > icmp_len - off)
+			return verdict_pass(xdp);
+		if (opt[0] == ND_OPT_SOURCE_LL_ADDR && slla_off == 0) {
+			/* An Ethernet address fills exactly one unit. */
+			if (opt_len != 8)
+				return verdict_pass(xdp);
+			slla_off = off;
+		}
+		off += opt_len;
+	}
+	if (off != icmp_len)
+		return verdict_pass(xdp);
+
+	/* Where the reply goes at layer 2. DAD: all nodes, and the probe must
+	 * carry no source link-layer address. Otherwise the solicitor's
+	 * link-layer address option, as Linux takes it into its neighbour
+	 * cache before answering; a multicast solicitation without one is not
+	 * answered (Linux answers it only from an existing neighbour entry);
+	 * a unicast one without it goes back to the Ethernet source. */
 	eth = data;
-	dad = ipv6_is_unspecified(ip6->saddr);
-	__builtin_memcpy(src_mac, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(ph.saddr, key.ip, 16);
 	if (dad) {
-		/* ff02::1 and its multicast MAC 33:33:00:00:00:01 */
-		__builtin_memset(ph.daddr, 0, 16);
-		ph.daddr[0] = 0xff;
-		ph.daddr[1] = 0x02;
-		ph.daddr[15] = 0x01;
+		if (slla_off)
+			return verdict_pass(xdp);
 		reply_mac[0] = 0x33;
 		reply_mac[1] = 0x33;
 		reply_mac[2] = 0;
 		reply_mac[3] = 0;
 		reply_mac[4] = 0;
 		reply_mac[5] = 0x01;
-	} else {
-		__builtin_memcpy(ph.daddr, ip6->saddr, 16);
-		__builtin_memcpy(reply_mac, src_mac, ETH_ALEN);
-	}
-	ph.len = bpf_htonl(NA_LEN);
+	} else if (slla_off) {
+		const __u8 *lladdr = data + ND_OFF + (slla_off & 0xff) + 2;
 
+		if ((void *)(lladdr + ETH_ALEN) > end)
+			return verdict_pass(xdp);
+		__builtin_memcpy(reply_mac, lladdr, ETH_ALEN);
+		if (!mac_is_other_station(reply_mac, ifmac->addr))
+			return verdict_pass(xdp);
+	} else {
+		if (solicited_node)
+			return verdict_pass(xdp);
+		__builtin_memcpy(reply_mac, eth->h_source, ETH_ALEN);
+	}
+
+	/* Solicited NA (RFC 4861 §7.2.4): from the target, to the solicitor,
+	 * Solicited + Override, with the target link-layer address; for DAD to
+	 * ff02::1 with Override only. */
+	__builtin_memcpy(reply_src, key.ip, 16);
+	if (dad) {
+		__builtin_memset(reply_dst, 0, 16);
+		reply_dst[0] = 0xff;
+		reply_dst[1] = 0x02;
+		reply_dst[15] = 0x01;
+	} else {
+		__builtin_memcpy(reply_dst, ip6->saddr, 16);
+	}
 	na.nd.type = ND_NEIGHBOR_ADVERT;
 	na.nd.code = 0;
 	na.nd.flags = dad ? NA_FLAG_OVERRIDE : (NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE);
@@ -513,30 +725,25 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 	na.opt_type = ND_OPT_TARGET_LL_ADDR;
 	na.opt_len = 1;
 	__builtin_memcpy(na.opt_mac, ifmac->addr, ETH_ALEN);
-	sum = csum_pseudo(&ph);
-	{
-		const __u16 *w = (const __u16 *)&na;
+	sum = csum_pseudo(reply_src, reply_dst, NA_LEN);
+	/* Reading the struct through `__u8 *` is allowed: character types may
+	 * alias any object. */
+	sum = csum_add_be(sum, (const __u8 *)&na, NA_LEN);
+	na.nd.csum = bpf_htons((__u16)~csum_fold(sum));
 
-#pragma unroll
-		for (int i = 0; i < NA_LEN / 2; i++)
-			sum += w[i];
-	}
-	na.nd.csum = ~csum_fold(sum);
-
-	/* From here on the frame is rewritten; a failure drops it rather than
-	 * handing a half-built frame to the kernel. */
 	if (!ctx_resize(ctx, NA_FRAME_LEN, xdp))
 		return verdict_pass(xdp);
 	data = ctx_data(ctx, xdp);
 	end = ctx_data_end(ctx, xdp);
 	frame = data;
 	if ((void *)(frame + 1) > end)
-		return xdp ? XDP_DROP : TC_ACT_SHOT;
+		return verdict_drop(xdp);
 	eth = &frame->eth;
 	ip6 = &frame->ip6;
 
 	__builtin_memcpy(eth->h_dest, reply_mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, ifmac->addr, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IPV6);
 	ip6->vtc_flow[0] = 0x60;
 	ip6->vtc_flow[1] = 0;
 	ip6->vtc_flow[2] = 0;
@@ -544,8 +751,8 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 	ip6->payload_len = bpf_htons(NA_LEN);
 	ip6->nexthdr = IPPROTO_ICMPV6;
 	ip6->hop_limit = NDP_HOP_LIMIT;
-	__builtin_memcpy(ip6->saddr, ph.saddr, 16);
-	__builtin_memcpy(ip6->daddr, ph.daddr, 16);
+	__builtin_memcpy(ip6->saddr, reply_src, 16);
+	__builtin_memcpy(ip6->daddr, reply_dst, 16);
 	__builtin_memcpy(&frame->na, &na, NA_LEN);
 
 	__sync_fetch_and_add(&entry->responses_sent, 1);

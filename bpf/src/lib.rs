@@ -2,7 +2,7 @@
 //!
 //! `responder.c` (compiled by clang in build.rs) answers ARP requests and
 //! IPv6 Neighbor Solicitations for the addresses in its maps, in the kernel,
-//! gated by agent liveness and a per-lease fence. [`Responder`] loads it with
+//! gated by agent liveness, a per-lease fence and a node fence. [`Responder`] loads it with
 //! aya, pins its maps and attachments under a bpffs directory so that a
 //! restarted agent keeps answering, and offers typed map access.
 //! [`garp`] sends gratuitous ARP / unsolicited NA from userspace.

@@ -42,16 +42,18 @@ pub(crate) const MAP_V4: &str = "l2_responder_v4";
 pub(crate) const MAP_V6: &str = "l2_responder_v6";
 pub(crate) const MAP_LIVENESS: &str = "agent_liveness";
 pub(crate) const MAP_FENCE: &str = "lease_fence";
+const MAP_NODE_FENCE: &str = "l2_responder_node_fence";
 const MAP_IFMAC: &str = "l2_responder_ifmac";
 const MAP_CONFIG: &str = "l2_responder_config";
 const LINKS_DIR: &str = "links";
 
 /// Every map the object pins: name, key size, value size, max entries.
-const PINNED_MAPS: [(&str, u32, u32, u32); 6] = [
+const PINNED_MAPS: [(&str, u32, u32, u32); 7] = [
     (MAP_V4, 8, 16, RESPONDER_MAX_ENTRIES),
     (MAP_V6, 24, 16, RESPONDER_MAX_ENTRIES),
     (MAP_LIVENESS, 4, 8, 1),
     (MAP_FENCE, 4, 8, LEASE_FENCE_SLOTS),
+    (MAP_NODE_FENCE, 4, 8, 1),
     (MAP_IFMAC, 4, 8, IFMAC_MAX_ENTRIES),
     (MAP_CONFIG, 4, 16, 1),
 ];
@@ -179,6 +181,21 @@ pub enum ResponderError {
     /// A fence slot beyond the `lease_fence` map.
     #[error("fence slot {0} out of range (the map has {LEASE_FENCE_SLOTS} slots)")]
     FenceSlot(u32),
+    /// The entry exists with another fence slot. Values are never rewritten
+    /// (the datapath counts in them); remove the entry, then insert it.
+    #[error(
+        "{ip} on ifindex {ifindex} is already gated by fence slot {existing_slot}, not {requested_slot}; remove it first"
+    )]
+    SlotMismatch {
+        /// The address.
+        ip: IpAddr,
+        /// The interface.
+        ifindex: u32,
+        /// The slot the existing entry has (and keeps).
+        existing_slot: u32,
+        /// The slot asked for.
+        requested_slot: u32,
+    },
 }
 
 pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> ResponderError {
@@ -203,28 +220,73 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ResponderError + 
 }
 
 fn is_enoent(err: &MapError) -> bool {
-    matches!(err, MapError::KeyNotFound)
-        || matches!(err, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT))
+    matches!(err, MapError::KeyNotFound) || is_errno(err, libc::ENOENT)
 }
 
-/// Inserts or re-points one responder entry, keeping its counter.
-fn upsert_entry<K: aya::Pod>(
+/// `BPF_NOEXIST`: create the element only if its key is not in the map.
+const BPF_NOEXIST: u64 = 1;
+
+fn is_errno(err: &MapError, errno: i32) -> bool {
+    matches!(err, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(errno))
+}
+
+/// Creates one responder entry for `fence_slot`, never rewriting an existing
+/// value: the datapath counts replies in it (`__sync_fetch_and_add` on the
+/// element), and a whole-value update would swap in a new element and lose
+/// every increment made in between. An existing entry with the same slot is
+/// left as it is; one with another slot is [`ResponderError::SlotMismatch`].
+fn insert_entry<K: aya::Pod>(
     map: &mut HashMap<MapData, K, EntryValue>,
     name: &'static str,
     key: K,
+    ip: IpAddr,
+    ifindex: u32,
     fence_slot: u32,
 ) -> Result<(), ResponderError> {
     check_slot(fence_slot)?;
-    let value = match map.get(&key, 0) {
-        Ok(v) if v.fence_slot == fence_slot => return Ok(()),
-        Ok(v) => EntryValue { fence_slot, ..v },
-        Err(e) if is_enoent(&e) => EntryValue {
-            fence_slot,
-            ..EntryValue::default()
-        },
-        Err(e) => return Err(map_err(name)(e)),
+    let value = EntryValue {
+        fence_slot,
+        ..EntryValue::default()
     };
-    map.insert(key, value, 0).map_err(map_err(name))
+    // Two rounds: the entry may be removed between the failed create and the
+    // read (only by another process: this one owns the maps).
+    for _ in 0..2 {
+        match map.insert(key, value, BPF_NOEXIST) {
+            Ok(()) => return Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
+        match map.get(&key, 0) {
+            Ok(existing) if existing.fence_slot == fence_slot => return Ok(()),
+            Ok(existing) => {
+                return Err(ResponderError::SlotMismatch {
+                    ip,
+                    ifindex,
+                    existing_slot: existing.fence_slot,
+                    requested_slot: fence_slot,
+                });
+            }
+            Err(e) if is_enoent(&e) => continue,
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Err(ResponderError::Map {
+        map: name,
+        source: Box::new(MapError::KeyNotFound),
+    })
+}
+
+/// The fence slot of an entry, if it exists.
+fn lookup_slot<K: aya::Pod>(
+    map: &HashMap<MapData, K, EntryValue>,
+    name: &'static str,
+    key: &K,
+) -> Result<Option<u32>, ResponderError> {
+    match map.get(key, 0) {
+        Ok(v) => Ok(Some(v.fence_slot)),
+        Err(e) if is_enoent(&e) => Ok(None),
+        Err(e) => Err(map_err(name)(e)),
+    }
 }
 
 /// Removes one responder entry; whether it was there.
@@ -248,6 +310,7 @@ pub struct Responder {
     v6: HashMap<MapData, V6Key, EntryValue>,
     liveness: Array<MapData, u64>,
     fence: Array<MapData, u64>,
+    node_fence: Array<MapData, u64>,
     ifmac: HashMap<MapData, u32, IfMacValue>,
     config: Array<MapData, ConfigValue>,
 }
@@ -298,6 +361,7 @@ impl Responder {
         let v6 = HashMap::try_from(take(MAP_V6)?).map_err(map_err(MAP_V6))?;
         let liveness = Array::try_from(take(MAP_LIVENESS)?).map_err(map_err(MAP_LIVENESS))?;
         let fence = Array::try_from(take(MAP_FENCE)?).map_err(map_err(MAP_FENCE))?;
+        let node_fence = Array::try_from(take(MAP_NODE_FENCE)?).map_err(map_err(MAP_NODE_FENCE))?;
         let ifmac = HashMap::try_from(take(MAP_IFMAC)?).map_err(map_err(MAP_IFMAC))?;
         let cfg = Array::try_from(take(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
 
@@ -308,6 +372,7 @@ impl Responder {
             v6,
             liveness,
             fence,
+            node_fence,
             ifmac,
             config: cfg,
         };
@@ -331,14 +396,17 @@ impl Responder {
     }
 
     /// Answers ARP for `ip` on `ifindex`, gated by `lease_fence[fence_slot]`.
-    /// Re-inserting an existing entry keeps its counter.
+    /// An existing entry is never rewritten: with the same slot this is a
+    /// no-op, with another slot [`ResponderError::SlotMismatch`] (remove it
+    /// first; its counter goes with it).
     pub fn insert_v4(
         &mut self,
         ip: Ipv4Addr,
         ifindex: u32,
         fence_slot: u32,
     ) -> Result<(), ResponderError> {
-        upsert_entry(&mut self.v4, MAP_V4, V4Key::new(ip, ifindex), fence_slot)
+        let key = V4Key::new(ip, ifindex);
+        insert_entry(&mut self.v4, MAP_V4, key, ip.into(), ifindex, fence_slot)
     }
 
     /// Stops answering ARP for `ip` on `ifindex`. Returns whether it was there.
@@ -347,14 +415,15 @@ impl Responder {
     }
 
     /// Answers Neighbor Solicitations for `ip` on `ifindex`, gated by
-    /// `lease_fence[fence_slot]`. Re-inserting keeps the counter.
+    /// `lease_fence[fence_slot]`. Same rules as [`Responder::insert_v4`].
     pub fn insert_v6(
         &mut self,
         ip: Ipv6Addr,
         ifindex: u32,
         fence_slot: u32,
     ) -> Result<(), ResponderError> {
-        upsert_entry(&mut self.v6, MAP_V6, V6Key::new(ip, ifindex), fence_slot)
+        let key = V6Key::new(ip, ifindex);
+        insert_entry(&mut self.v6, MAP_V6, key, ip.into(), ifindex, fence_slot)
     }
 
     /// Stops answering for `ip` on `ifindex`. Returns whether it was there.
@@ -362,8 +431,8 @@ impl Responder {
         remove_entry(&mut self.v6, MAP_V6, V6Key::new(ip, ifindex))
     }
 
-    /// Inserts or removes `ip` (either family) on `ifindex`: the form the
-    /// reconciler uses.
+    /// [`Responder::insert_v4`] or [`Responder::insert_v6`] by family: the
+    /// form the reconciler uses.
     pub fn insert(
         &mut self,
         ip: IpAddr,
@@ -422,6 +491,57 @@ impl Responder {
     pub fn fence(&self, slot: u32) -> Result<u64, ResponderError> {
         check_slot(slot)?;
         self.fence.get(&slot, 0).map_err(map_err(MAP_FENCE))
+    }
+
+    /// Sets the node fence (CLOCK_MONOTONIC ns): every entry is answered only
+    /// before it, whatever its lease fence says. In node-heartbeat election
+    /// mode each heartbeat renewal extends it (one map write for all the
+    /// node's claims); in per-Service mode it is `u64::MAX`. 0 (never
+    /// written, the state of a fresh map) closes every entry.
+    pub fn set_node_fence(&mut self, deadline_ns: u64) -> Result<(), ResponderError> {
+        self.node_fence
+            .set(0, deadline_ns, 0)
+            .map_err(map_err(MAP_NODE_FENCE))
+    }
+
+    /// The node fence's deadline.
+    pub fn node_fence(&self) -> Result<u64, ResponderError> {
+        self.node_fence.get(&0, 0).map_err(map_err(MAP_NODE_FENCE))
+    }
+
+    /// Whether the datapath answers for `ip` on `ifindex` at this moment, by
+    /// the same gates it applies: the entry exists, its interface has a
+    /// MAC, agent liveness is younger than the maximum, and both its lease
+    /// fence and the node fence lie in the future. Check it right before
+    /// sending a gratuitous ARP / unsolicited NA for the entry.
+    pub fn answers(&self, ip: IpAddr, ifindex: u32) -> Result<bool, ResponderError> {
+        let slot = match ip {
+            IpAddr::V4(v4) => lookup_slot(&self.v4, MAP_V4, &V4Key::new(v4, ifindex))?,
+            IpAddr::V6(v6) => lookup_slot(&self.v6, MAP_V6, &V6Key::new(v6, ifindex))?,
+        };
+        let Some(slot) = slot else {
+            return Ok(false);
+        };
+        let has_mac = match self.ifmac.get(&ifindex, 0) {
+            Ok(_) => true,
+            Err(e) if is_enoent(&e) => false,
+            Err(e) => return Err(map_err(MAP_IFMAC)(e)),
+        };
+        let liveness = self.liveness()?;
+        let max = self
+            .config
+            .get(&0, 0)
+            .map_err(map_err(MAP_CONFIG))?
+            .max_liveness_ns;
+        let lease = if slot < LEASE_FENCE_SLOTS {
+            self.fence(slot)?
+        } else {
+            0
+        };
+        let node = self.node_fence()?;
+        let now = sys::monotonic_now_ns();
+        let alive = liveness != 0 && liveness <= now && now - liveness < max;
+        Ok(has_mac && alive && now < lease && now < node)
     }
 
     /// Records the MAC the datapath answers with on `ifindex` (also done by

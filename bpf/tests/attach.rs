@@ -115,6 +115,7 @@ fn tc_link_outlives_its_loader_and_is_reused() {
         r.insert_v6(VIP6, ifindex, 0).unwrap();
         let now = r.set_liveness_now().unwrap();
         r.set_fence(0, now + 120_000_000_000).unwrap();
+        r.set_node_fence(u64::MAX).unwrap();
         let prog = pinned_program_id(d.join(format!("links/tc-{ifindex}")));
         (ifindex, prog)
     });
@@ -188,6 +189,7 @@ fn switching_to_xdp_replaces_the_tc_link() {
         r.insert_v4(VIP4, ifindex, 0).unwrap();
         let now = r.set_liveness_now().unwrap();
         r.set_fence(0, now + 120_000_000_000).unwrap();
+        r.set_node_fence(u64::MAX).unwrap();
         assert_eq!(r.attach("veth0", IF_MAC, AttachMode::Xdp).unwrap(), ifindex);
         assert_eq!(
             r.attached().unwrap(),

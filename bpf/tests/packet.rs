@@ -33,6 +33,7 @@ fn fixture(ifindex: u32) -> TestResponder {
     r.insert_v6(TARGET6, ifindex, SLOT).unwrap();
     let now = r.set_liveness_now().unwrap();
     r.set_fence(SLOT, now + 60_000_000_000).unwrap();
+    r.set_node_fence(u64::MAX).unwrap();
     t
 }
 
@@ -54,10 +55,11 @@ fn arp_request() -> Vec<u8> {
     ]
 }
 
+/// The reply: to the requester's hardware address, zero-padded to 60 bytes.
 #[rustfmt::skip]
 fn arp_reply_expected() -> Vec<u8> {
-    vec![
-        0x02, 0, 0, 0, 0, 0x01,             // dst requester
+    let mut f = vec![
+        0x02, 0, 0, 0, 0, 0x01,             // dst requester (SHA)
         0x02, 0, 0, 0, 0, 0xaa,             // src interface
         0x08, 0x06,
         0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x02, // reply
@@ -65,7 +67,9 @@ fn arp_reply_expected() -> Vec<u8> {
         192, 0, 2, 10,                      // SPA target
         0x02, 0, 0, 0, 0, 0x01,             // THA requester
         192, 0, 2, 1,                       // TPA requester
-    ]
+    ];
+    f.resize(60, 0);
+    f
 }
 
 /// NS from 2001:db8::1 for 2001:db8::10 with a source link-layer option.
@@ -128,7 +132,9 @@ fn fix_ns_checksum(f: &mut [u8]) {
     f[56..58].fill(0);
     let src = Ipv6Addr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap());
     let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap());
-    let csum = bpf::garp::icmpv6_checksum(&src, &dst, &f[54..]);
+    let plen = usize::from(u16::from_be_bytes([f[18], f[19]]));
+    let end = (54 + plen).min(f.len());
+    let csum = bpf::garp::icmpv6_checksum(&src, &dst, &f[54..end]);
     f[56..58].copy_from_slice(&csum.to_be_bytes());
 }
 
@@ -198,15 +204,70 @@ fn arp_request_to_interface_mac_is_answered() {
 }
 
 #[test]
-fn arp_padded_to_minimum_frame_keeps_padding() {
+fn arp_padding_is_allowed_and_not_echoed() {
+    let t = fixture(IFINDEX);
+    for len in [60, 64, 1514] {
+        let mut f = arp_request();
+        f.resize(len, 0x5a);
+        let (rc, out) = run_tc(&t, &f, IFINDEX);
+        assert_eq!(rc, TC_ACT_REDIRECT, "{len} bytes");
+        assert_eq!(out, arp_reply_expected(), "{len} bytes");
+    }
+}
+
+#[test]
+fn arp_probe_is_answered_to_the_requester_hardware_address() {
     let t = fixture(IFINDEX);
     let mut f = arp_request();
-    f.resize(60, 0);
+    f[28..32].fill(0); // sender IP 0.0.0.0 (RFC 5227 probe)
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x77]); // Ethernet source differs
     let (rc, out) = run_tc(&t, &f, IFINDEX);
     assert_eq!(rc, TC_ACT_REDIRECT);
     let mut expected = arp_reply_expected();
-    expected.resize(60, 0);
-    assert_eq!(out, expected);
+    expected[38..42].fill(0); // TPA 0.0.0.0
+    assert_eq!(out, expected, "to SHA 02:..:01, not the Ethernet source");
+}
+
+#[test]
+fn arp_announcements_and_martian_senders_pass() {
+    let mut t = fixture(IFINDEX);
+    for spa in [
+        [192, 0, 2, 10], // announcement: sender = target
+        [224, 0, 0, 1],  // multicast
+        [239, 255, 255, 250],
+        [255, 255, 255, 255], // broadcast
+        [127, 0, 0, 1],       // loopback
+        [0, 0, 0, 1],         // 0/8 other than 0.0.0.0
+    ] {
+        let mut f = arp_request();
+        f[28..32].copy_from_slice(&spa);
+        assert_passes(&mut t, &f, IFINDEX);
+    }
+    // A sender claiming an address answered here is a conflict.
+    t.r()
+        .insert_v4(Ipv4Addr::new(192, 0, 2, 1), IFINDEX, SLOT)
+        .unwrap();
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+}
+
+#[test]
+fn arp_from_group_or_own_hardware_addresses_passes() {
+    let mut t = fixture(IFINDEX);
+    for (at, mac) in [
+        (6, [0x01, 0, 0x5e, 0, 0, 1]), // Ethernet source multicast
+        (6, [0xff; 6]),                // Ethernet source broadcast
+        (6, IF_MAC),                   // our own frame
+        (22, [0x03, 0, 0, 0, 0, 1]),   // SHA with the group bit
+        (22, IF_MAC),                  // SHA is ours
+    ] {
+        let mut f = arp_request();
+        f[at..at + 6].copy_from_slice(&mac);
+        assert_passes(&mut t, &f, IFINDEX);
+    }
+    // Multicast (not broadcast) Ethernet destination.
+    let mut f = arp_request();
+    f[0..6].copy_from_slice(&[0x01, 0, 0x5e, 0, 0, 1]);
+    assert_passes(&mut t, &f, IFINDEX);
 }
 
 #[test]
@@ -367,8 +428,56 @@ fn expired_fence_passes() {
     assert_passes(&mut t, &ns(), IFINDEX);
     // An entry on a slot that was never set is silent too.
     t.r().set_fence(SLOT, u64::MAX).unwrap();
+    assert!(t.r().remove_v4(TARGET4, IFINDEX).unwrap());
     t.r().insert_v4(TARGET4, IFINDEX, SLOT + 1).unwrap();
     assert_passes(&mut t, &arp_request(), IFINDEX);
+}
+
+#[test]
+fn node_fence_gates_every_entry() {
+    let mut t = fixture(IFINDEX);
+    assert!(t.r().answers(TARGET4.into(), IFINDEX).unwrap());
+    // Never written (a fresh map holds 0): closed.
+    t.r().set_node_fence(0).unwrap();
+    assert_eq!(t.r().node_fence().unwrap(), 0);
+    assert!(!t.r().answers(TARGET4.into(), IFINDEX).unwrap());
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+    assert_passes(&mut t, &ns(), IFINDEX);
+    // Expired, although liveness and the lease fence are open.
+    t.r().set_node_fence(monotonic_now_ns() - 1).unwrap();
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+    assert_passes(&mut t, &ns(), IFINDEX);
+    // Extended (a heartbeat renewal): answered again.
+    t.r()
+        .set_node_fence(monotonic_now_ns() + 60_000_000_000)
+        .unwrap();
+    assert!(t.r().answers(TARGET6.into(), IFINDEX).unwrap());
+    assert_eq!(run_tc(&t, &arp_request(), IFINDEX).0, TC_ACT_REDIRECT);
+    assert_eq!(run_tc(&t, &ns(), IFINDEX).0, TC_ACT_REDIRECT);
+    // The node fence does not open a closed lease fence.
+    t.r().set_fence(SLOT, 0).unwrap();
+    assert!(!t.r().answers(TARGET4.into(), IFINDEX).unwrap());
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+}
+
+#[test]
+fn a_fresh_responder_answers_nothing_until_every_gate_is_set() {
+    let mut t = TestResponder::new();
+    let r = t.r();
+    r.set_interface_mac(IFINDEX, IF_MAC).unwrap();
+    r.insert_v4(TARGET4, IFINDEX, SLOT).unwrap();
+    assert_eq!(r.node_fence().unwrap(), 0);
+    assert!(!r.answers(TARGET4.into(), IFINDEX).unwrap());
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+    let now = t.r().set_liveness_now().unwrap();
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+    t.r().set_fence(SLOT, now + 60_000_000_000).unwrap();
+    assert_passes(&mut t, &arp_request(), IFINDEX);
+    t.r().set_node_fence(now + 60_000_000_000).unwrap();
+    assert!(t.r().answers(TARGET4.into(), IFINDEX).unwrap());
+    assert!(!t.r().answers(TARGET4.into(), IFINDEX + 1).unwrap());
+    assert!(!t.r().answers(TARGET6.into(), IFINDEX).unwrap());
+    assert_eq!(run_tc(&t, &arp_request(), IFINDEX).0, TC_ACT_REDIRECT);
 }
 
 #[test]
@@ -408,6 +517,103 @@ fn ns_with_nonzero_code_or_other_target_passes() {
     f[5] = 0x11;
     fix_ns_checksum(&mut f);
     assert_passes(&mut t, &f, IFINDEX);
+}
+
+#[test]
+fn ns_reply_goes_to_the_source_link_layer_address() {
+    let t = fixture(IFINDEX);
+    let mut f = ns();
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x77]); // Ethernet source differs
+    let (rc, out) = run_tc(&t, &f, IFINDEX);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(out, na_expected(), "to the SLLA 02:..:01");
+}
+
+#[test]
+fn unicast_ns_without_slla_is_answered_to_the_ethernet_source() {
+    let t = fixture(IFINDEX);
+    let mut f = ns();
+    f.truncate(14 + 40 + 24);
+    f[18..20].copy_from_slice(&24u16.to_be_bytes());
+    f[0..6].copy_from_slice(&IF_MAC);
+    f[38..54].copy_from_slice(&TARGET6.octets());
+    fix_ns_checksum(&mut f);
+    let (rc, out) = run_tc(&t, &f, IFINDEX);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(out, na_expected());
+}
+
+#[test]
+fn ns_with_trailing_bytes_after_the_payload_is_answered() {
+    let t = fixture(IFINDEX);
+    let mut f = ns();
+    f.extend_from_slice(&[0xee; 10]);
+    let (rc, out) = run_tc(&t, &f, IFINDEX);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(out, na_expected());
+}
+
+#[test]
+fn ns_with_a_nonce_option_is_answered() {
+    let t = fixture(IFINDEX);
+    let mut f = ns();
+    f.extend_from_slice(&[14, 1, 1, 2, 3, 4, 5, 6]); // nonce (RFC 7527)
+    f[18..20].copy_from_slice(&40u16.to_be_bytes());
+    fix_ns_checksum(&mut f);
+    let (rc, out) = run_tc(&t, &f, IFINDEX);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(out, na_expected());
+}
+
+#[test]
+fn ns_failing_rfc_4861_validity_checks_passes() {
+    let mut t = fixture(IFINDEX);
+    type Mutation = fn(&mut Vec<u8>);
+    let cases: [(&str, Mutation); 16] = [
+        ("extension header", |f| f[20] = 0),
+        ("payload longer than the frame", |f| {
+            f[18..20].copy_from_slice(&40u16.to_be_bytes())
+        }),
+        ("payload shorter than an NS", |f| {
+            f.truncate(14 + 40 + 16);
+            f[18..20].copy_from_slice(&16u16.to_be_bytes())
+        }),
+        ("multicast source", |f| f[22] = 0xff),
+        ("loopback source", |f| {
+            f[22..38].copy_from_slice(&Ipv6Addr::LOCALHOST.octets())
+        }),
+        ("zero-length option", |f| f[79] = 0),
+        ("option overruns the message", |f| f[79] = 2),
+        ("Ethernet SLLA of two units", |f| {
+            f.extend_from_slice(&[0; 8]);
+            f[79] = 2;
+            f[18..20].copy_from_slice(&40u16.to_be_bytes())
+        }),
+        ("multicast target", |f| f[62] = 0xff),
+        ("multicast NS without SLLA", |f| {
+            f.truncate(14 + 40 + 24);
+            f[18..20].copy_from_slice(&24u16.to_be_bytes())
+        }),
+        ("DAD with SLLA", |f| f[22..38].fill(0)),
+        ("SLLA with the group bit", |f| f[80] = 0x03),
+        ("SLLA is our MAC", |f| f[80..86].copy_from_slice(&IF_MAC)),
+        ("Ethernet source with the group bit", |f| f[6] = 0x03),
+        ("Ethernet source is our MAC", |f| {
+            f[6..12].copy_from_slice(&IF_MAC)
+        }),
+        ("unicast IP destination in a 33:33 frame", |f| {
+            f[38..54].copy_from_slice(&TARGET6.octets())
+        }),
+    ];
+    for (name, mutate) in cases {
+        let mut f = ns();
+        mutate(&mut f);
+        fix_ns_checksum(&mut f);
+        let before = responses(&mut t);
+        let (rc, out) = run_tc(&t, &f, IFINDEX);
+        assert_eq!((rc, &out), (TC_ACT_UNSPEC, &f), "{name}: expected pass");
+        assert_eq!(responses(&mut t), before, "{name}: nothing counted");
+    }
 }
 
 #[test]

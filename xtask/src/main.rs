@@ -4,6 +4,8 @@
 //!   runs `cargo fmt --check`, `cargo clippy -D warnings` and every test.
 //! * `lab`   — the virtual LAN demo (see the README).
 //! * `bench` — benchmarks, printed as ratios against a baseline of the same run.
+//! * `fuzz`  — the long profile of the datapath's property test against its
+//!   reference model (bpf/tests/conformance.rs), in release mode.
 //! * `setup` — only the package installation step of `test`.
 //!
 //! It is plain std on purpose: it must build before anything else works.
@@ -36,14 +38,17 @@ fn main() -> ExitCode {
         Some("setup") => setup(),
         Some("lab") => setup().and_then(|()| lab(&args[1..])),
         Some("bench") => bench(&args[1..]),
+        Some("fuzz") => setup().and_then(|()| fuzz(&args[1..])),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|setup|lab|bench> [args]\n  \
+                "usage: cargo xtask <test|setup|lab|bench|fuzz> [args]\n  \
                  test [-- cargo test args]   install what is missing, fmt, clippy, all tests\n  \
                  setup                      install the system packages only\n  \
                  lab [up|down|kill NODE [--signal SIG]|start NODE|exec NODE -- CMD]\n  \
                                             the virtual LAN demo and its pieces\n  \
-                 bench [statedb|datapath]   benchmarks"
+                 bench [statedb|datapath]   benchmarks\n  \
+                 fuzz [--cases N] [--seed S] the datapath against its model, N cases per\n  \
+                                            program (default 1000000), release build"
             );
             return ExitCode::from(2);
         }
@@ -231,4 +236,57 @@ fn bench(args: &[String]) -> Result {
             "unknown benchmark {other:?}; known: statedb, datapath"
         )),
     }
+}
+
+/// Cases per program of the long fuzz profile.
+const FUZZ_CASES: u64 = 1_000_000;
+
+/// Runs the datapath's property test (both programs against the reference
+/// model through BPF_PROG_TEST_RUN) with `--cases N` per program and an
+/// optional `--seed S` (decimal or 0x-hex; printed either way), in release
+/// mode. Needs root (BPF).
+fn fuzz(args: &[String]) -> Result {
+    let mut cases = FUZZ_CASES;
+    let mut seed: Option<String> = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--cases" => {
+                let v = value("--cases")?;
+                cases = v
+                    .replace('_', "")
+                    .parse()
+                    .map_err(|e| format!("--cases {v}: {e}"))?;
+            }
+            "--seed" => seed = Some(value("--seed")?),
+            other => return Err(format!("fuzz: unknown argument {other:?}")),
+        }
+    }
+    let mut c = cargo();
+    c.args([
+        "test",
+        "--release",
+        "-p",
+        "bpf",
+        "--test",
+        "conformance",
+        "--",
+        "--nocapture",
+    ]);
+    c.env("L2A_FUZZ_CASES", cases.to_string());
+    if let Some(seed) = seed {
+        c.env("L2A_FUZZ_SEED", seed);
+    }
+    let started = std::time::Instant::now();
+    run(&mut c)?;
+    eprintln!(
+        "xtask: fuzz: {cases} cases per program (TC and XDP) passed; {:.1} s with the build",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

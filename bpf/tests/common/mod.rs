@@ -113,7 +113,16 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 /// Runs `prog` once over `frame` with optional context bytes; returns the
 /// program's return value and the frame as the program left it.
 pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; 512];
+    try_test_run(prog, frame, ctx).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"))
+}
+
+/// [`test_run`], returning the system call's error.
+pub fn try_test_run(
+    prog: BorrowedFd<'_>,
+    frame: &[u8],
+    ctx: Option<&[u8]>,
+) -> std::io::Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; 4096];
     let mut attr = TestRunAttr {
         prog_fd: prog.as_raw_fd() as u32,
         data_size_in: frame.len() as u32,
@@ -137,14 +146,11 @@ pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8], ctx: Option<&[u8]>) -> (u32,
             std::mem::size_of::<TestRunAttr>(),
         )
     };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::last_os_error()
-    );
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     out.truncate(attr.data_size_out as usize);
-    (attr.retval, out)
+    Ok((attr.retval, out))
 }
 
 /// A `struct __sk_buff` for test runs with the given ingress interface.
