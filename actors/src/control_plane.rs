@@ -32,10 +32,16 @@ use crate::announce::{
 use crate::devices::{
     DEVICES, DeviceActor, DeviceChange, DeviceFilter, DeviceRow, DeviceTableWriter, TrackerOptions,
 };
-use crate::lease::{LeaseActor, LeaseConfig, LeaseObserver, LeaseTiming, NoLeaseObserver};
+use crate::k8s::client::ClientBudget;
+use crate::lease::heartbeat::{HeartbeatActor, HeartbeatConfig};
+use crate::lease::{
+    ElectionMode, LeaseActor, LeaseConfig, LeaseObserver, LeaseTiming, NoLeaseObserver,
+};
 use crate::messages::{ReleaseAll, SelectedDevices};
 use crate::policy::{NoPolicyObserver, PolicyActor, PolicyObserver};
-use crate::service::{AnnounceObserver, NoAnnounceObserver, ServiceActor, ServiceConfig};
+use crate::service::{
+    AnnounceObserver, ElectionRecipients, NoAnnounceObserver, ServiceActor, ServiceConfig,
+};
 
 /// One agent run. Rows of `l2-announce` carry the run that wrote them;
 /// rows of another run are not desired state (see [`crate::tables`]).
@@ -111,6 +117,7 @@ pub struct ControlPlaneBuilder {
     client: kube::Client,
     db: statedb::Db,
     lease: LeaseConfig,
+    election: ElectionMode,
     external_ips_enabled: bool,
     devices: Devices,
     observers: Observers,
@@ -120,7 +127,7 @@ pub struct ControlPlaneBuilder {
 /// A running control plane.
 pub struct ControlPlane {
     run: RunId,
-    lease: Addr<LeaseActor>,
+    release: Recipient<ReleaseAll>,
     service: Addr<ServiceActor>,
     datapath: DatapathTask,
 }
@@ -190,6 +197,7 @@ impl ControlPlane {
             client,
             db,
             lease: LeaseConfig::new(namespace, node, timing),
+            election: ElectionMode::default(),
             external_ips_enabled: false,
             devices: Devices::Netlink(DeviceFilter::all()),
             observers: Observers::default(),
@@ -200,11 +208,6 @@ impl ControlPlane {
     /// This run.
     pub fn run_id(&self) -> &RunId {
         &self.run
-    }
-
-    /// The LeaseActor (for tests that inspect it).
-    pub fn lease(&self) -> &Addr<LeaseActor> {
-        &self.lease
     }
 
     /// The ServiceActor.
@@ -220,7 +223,7 @@ impl ControlPlane {
     /// Graceful stop, as on SIGTERM: every fence closed, then every held
     /// claim released (within `timeout`), then the announcer stopped.
     pub async fn shutdown(mut self, timeout: Duration) {
-        match tokio::time::timeout(timeout, self.lease.send(ReleaseAll)).await {
+        match tokio::time::timeout(timeout, self.release.send(ReleaseAll)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "releasing leases"),
             Err(_) => warn!("releasing leases timed out"),
@@ -230,14 +233,28 @@ impl ControlPlane {
 }
 
 impl ControlPlaneBuilder {
+    /// The election mode (default node-heartbeat).
+    pub fn election(mut self, mode: ElectionMode) -> Self {
+        self.election = mode;
+        self
+    }
+
     pub fn external_ips(mut self, enabled: bool) -> Self {
         self.external_ips_enabled = enabled;
         self
     }
 
-    /// The client's rate limit, for the lease sizing warning.
+    /// The client's rate limit, for the lease sizing warning and the
+    /// mirror writes' share.
     pub fn client_qps(mut self, qps: f64) -> Self {
         self.lease.client_qps = Some(qps);
+        self
+    }
+
+    /// The client's token bucket: per-service acquisitions wait while it
+    /// runs low.
+    pub fn client_budget(mut self, budget: ClientBudget) -> Self {
+        self.lease.budget = Some(budget);
         self
     }
 
@@ -262,7 +279,7 @@ impl ControlPlaneBuilder {
         self,
         maps: M,
         sender: G,
-        options: AnnouncerOptions,
+        mut options: AnnouncerOptions,
     ) -> Result<ControlPlane, ControlPlaneError>
     where
         M: ResponderMaps + 'static,
@@ -272,11 +289,13 @@ impl ControlPlaneBuilder {
             client,
             db,
             lease,
+            election,
             external_ips_enabled,
             devices,
             observers,
             run,
         } = self;
+        options.node_fence = election == ElectionMode::NodeHeartbeat;
         // The datapath first: built (and what an earlier run left taken
         // stock of) before any election can open a fence.
         let datapath = DatapathTask::start(
@@ -290,15 +309,53 @@ impl ControlPlaneBuilder {
         let service_ctx = Context::<ServiceActor>::new();
         let service_addr = service_ctx.address();
         let node = lease.me.clone();
-        let lease_addr = LeaseActor::new(
-            client.clone(),
-            db.clone(),
-            lease,
-            service_addr.clone().recipient(),
-            datapath.fences.clone(),
-            observers.lease.clone(),
-        )?
-        .start();
+        let (recipients, release) = match election {
+            ElectionMode::NodeHeartbeat => {
+                let addr = HeartbeatActor::new(
+                    client.clone(),
+                    db.clone(),
+                    HeartbeatConfig {
+                        namespace: lease.namespace.clone(),
+                        me: lease.me.clone(),
+                        timing: lease.timing,
+                        client_qps: lease.client_qps.unwrap_or(5.0),
+                    },
+                    service_addr.clone().recipient(),
+                    datapath.fences.clone(),
+                    observers.lease.clone(),
+                )?
+                .start();
+                (
+                    ElectionRecipients {
+                        campaign: addr.clone().recipient(),
+                        withdraw: addr.clone().recipient(),
+                        synced: addr.clone().recipient(),
+                    },
+                    addr.recipient(),
+                )
+            }
+            ElectionMode::PerService | ElectionMode::ClientGo => {
+                let mut lease = lease;
+                lease.poll = election == ElectionMode::ClientGo;
+                let addr = LeaseActor::new(
+                    client.clone(),
+                    db.clone(),
+                    lease,
+                    service_addr.clone().recipient(),
+                    datapath.fences.clone(),
+                    observers.lease.clone(),
+                )?
+                .start();
+                (
+                    ElectionRecipients {
+                        campaign: addr.clone().recipient(),
+                        withdraw: addr.clone().recipient(),
+                        synced: addr.clone().recipient(),
+                    },
+                    addr.recipient(),
+                )
+            }
+        };
         let service = ServiceActor::new(
             client.clone(),
             db.clone(),
@@ -307,17 +364,17 @@ impl ControlPlaneBuilder {
                 external_ips_enabled,
                 run: run.clone(),
             },
-            lease_addr.clone().recipient(),
-            lease_addr.clone().recipient(),
+            recipients,
             observers.announce.clone(),
         )?;
         service_ctx.run(service);
         PolicyActor::new(client, service_addr.clone().recipient(), observers.policy).start();
         start_devices(&db, devices, Some(service_addr.clone()))?;
         info!(run = %run, "control plane started");
+        info!(election = %election, "election started");
         Ok(ControlPlane {
             run,
-            lease: lease_addr,
+            release,
             service: service_addr,
             datapath,
         })

@@ -4,21 +4,29 @@ use actix::Message;
 
 use crate::policy::CompiledPolicy;
 
-/// ServiceActor -> LeaseActor: this node is a candidate for the Service.
+/// ServiceActor -> election: this node is a candidate for the claim
+/// `service` (named after its first member), whose members are `members`.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct Campaign {
     pub service: String,
+    pub members: Vec<String>,
 }
 
-/// ServiceActor -> LeaseActor: no longer a candidate; release at once.
+/// ServiceActor -> election: the first full evaluation is done; every
+/// claim this node is eligible for has been campaigned for.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct CandidaciesSynced;
+
+/// ServiceActor -> election: no longer a candidate; release at once.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct Withdraw {
     pub service: String,
 }
 
-/// LeaseActor -> ServiceActor: leadership of a Service began or ended.
+/// Election -> ServiceActor: leadership of a claim began or ended.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct Leadership {

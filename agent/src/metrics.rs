@@ -46,14 +46,22 @@ pub const NAMES: &[&str] = &[
     "l2announcer_reconcile_errors_total",
     "l2announcer_reconcile_duration_seconds",
     "l2announcer_policy_errors",
+    "l2announcer_heartbeat_renewals_total",
+    "l2announcer_heartbeat_age_seconds",
+    "l2announcer_evictions_total",
+    "l2announcer_claims_taken_total",
+    "l2announcer_mirror_updates_pending",
     "l2announcer_build_info",
 ];
+
+/// Why a claim was taken (node-heartbeat mode).
+pub const TAKE_REASONS: &[&str] = &["new", "takeover", "hand-off"];
 
 /// Reasons a lease is acquired: nobody held it, or it was taken over from
 /// another node whose lease expired.
 pub const ACQUISITION_REASONS: &[&str] = &["acquired", "takeover"];
 /// Reasons a lease is lost, as the lease actor names them.
-pub const LOSS_REASONS: &[&str] = &["renew-deadline", "withdrawn", "shutdown"];
+pub const LOSS_REASONS: &[&str] = &["renew-deadline", "withdrawn", "shutdown", "released"];
 /// The `code` label of a request that got no HTTP answer (as client-go).
 pub const NO_ANSWER_CODE: &str = "<error>";
 
@@ -80,6 +88,8 @@ pub enum MetricsError {
 struct State {
     /// When the datapath liveness was last refreshed.
     last_liveness: Option<Instant>,
+    /// When a heartbeat renewal last succeeded (node-heartbeat mode).
+    last_heartbeat: Option<Instant>,
     /// The last absolute map counter per (IP, interface), to turn absolute
     /// readings into counter increments.
     responses: HashMap<(IpAddr, String), u64>,
@@ -108,6 +118,11 @@ pub struct Metrics {
     reconcile_errors: IntCounter,
     reconcile_duration: Histogram,
     policy_errors: IntGauge,
+    heartbeat_renewals: IntCounterVec,
+    heartbeat_age: Gauge,
+    evictions: IntCounterVec,
+    claims_taken: IntCounterVec,
+    mirror_pending: IntGauge,
     state: Mutex<State>,
 }
 
@@ -178,6 +193,38 @@ impl Metrics {
         )?;
         for reason in LOSS_REASONS {
             lease_losses.with_label_values(&[reason]);
+        }
+        let heartbeat_renewals = counter_vec(
+            &r,
+            "l2announcer_heartbeat_renewals_total",
+            "Heartbeat Lease writes of this node (node-heartbeat mode), by result (ok, error).",
+            &["result"],
+        )?;
+        for result in ["ok", "error"] {
+            heartbeat_renewals.with_label_values(&[result]);
+        }
+        let heartbeat_age = Gauge::new(
+            "l2announcer_heartbeat_age_seconds",
+            "Seconds since this node's heartbeat was last renewed (node-heartbeat mode; since start when never).",
+        )?;
+        r.register(Box::new(heartbeat_age.clone()))?;
+        let evictions = counter_vec(
+            &r,
+            "l2announcer_evictions_total",
+            "Nodes evicted for not renewing their heartbeat, by role (performed by this node, observed).",
+            &["role"],
+        )?;
+        for role in ["performed", "observed"] {
+            evictions.with_label_values(&[role]);
+        }
+        let claims_taken = counter_vec(
+            &r,
+            "l2announcer_claims_taken_total",
+            "Claims this node took in the assignment record, by reason (new, takeover, hand-off).",
+            &["reason"],
+        )?;
+        for reason in TAKE_REASONS {
+            claims_taken.with_label_values(&[reason]);
         }
         let liveness_age = Gauge::new(
             "l2announcer_liveness_age_seconds",
@@ -252,6 +299,15 @@ impl Metrics {
                 &["service"],
             )?,
             liveness_age,
+            heartbeat_renewals,
+            heartbeat_age,
+            evictions,
+            claims_taken,
+            mirror_pending: int_gauge(
+                &r,
+                "l2announcer_mirror_updates_pending",
+                "Per-Service Lease mirror writes waiting (node-heartbeat mode).",
+            )?,
             reconcile_errors: counter(
                 &r,
                 "l2announcer_reconcile_errors_total",
@@ -326,11 +382,15 @@ impl Metrics {
     /// The exposition in Prometheus' text format; the liveness age is
     /// computed now.
     pub fn render(&self) -> String {
-        let age = {
+        let (age, heartbeat_age) = {
             let state = self.state();
-            state.last_liveness.unwrap_or(self.started).elapsed()
+            (
+                state.last_liveness.unwrap_or(self.started).elapsed(),
+                state.last_heartbeat.unwrap_or(self.started).elapsed(),
+            )
         };
         self.liveness_age.set(age.as_secs_f64());
+        self.heartbeat_age.set(heartbeat_age.as_secs_f64());
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             warn!(error = %e, "encoding metrics");
@@ -368,6 +428,37 @@ impl LeaseObserver for Metrics {
 
     fn held(&self, count: usize) {
         self.leases_held
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    fn heartbeat(&self, latency: Duration, ok: bool) {
+        self.renew_duration.observe(latency.as_secs_f64());
+        let result = if ok { "ok" } else { "error" };
+        self.heartbeat_renewals.with_label_values(&[result]).inc();
+        if ok {
+            self.state().last_heartbeat = Some(Instant::now());
+        }
+    }
+
+    fn eviction(&self, performed: bool) {
+        let role = if performed { "performed" } else { "observed" };
+        self.evictions.with_label_values(&[role]).inc();
+    }
+
+    fn claim_taken(&self, _claim: &str, reason: &str) {
+        self.claims_taken.with_label_values(&[reason]).inc();
+        let acquisition = if reason == "takeover" {
+            "takeover"
+        } else {
+            "acquired"
+        };
+        self.lease_acquisitions
+            .with_label_values(&[acquisition])
+            .inc();
+    }
+
+    fn mirror_pending(&self, count: usize) {
+        self.mirror_pending
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 }

@@ -96,7 +96,7 @@ async fn start_actors(
     let kube_config = kubeclient::load_config(config.k8s_kubeconfig_path.as_deref())
         .await
         .context("loading the Kubernetes client configuration")?;
-    let client = kubeclient::build_client(
+    let (client, budget) = kubeclient::build_client_with_budget(
         kube_config,
         &config.node_name,
         config.k8s_client_qps,
@@ -126,6 +126,7 @@ async fn start_actors(
     )
     .external_ips(config.enable_external_ips)
     .client_qps(config.k8s_client_qps)
+    .client_budget(budget)
     .devices(devices)
     .observers(observers)
     .start(
@@ -138,6 +139,7 @@ async fn start_actors(
                 interval: config.l2_gratuitous_interval,
             },
             liveness_interval: config.agent_liveness_update_interval,
+            node_fence: false,
         },
     )?;
     Ok(Some(control_plane))

@@ -16,7 +16,7 @@ use actors::control_plane::{ControlPlane, Devices, Observers};
 use actors::devices::DeviceRow;
 use actors::k8s::client::{self as kubeclient, ThrottleObserver};
 use actors::k8s::events::ServiceEvents;
-use actors::lease::LeaseTiming;
+use actors::lease::{ElectionMode, LeaseTiming};
 use actors::tables::{L2_ANNOUNCE, L2AnnounceRow, LEASES, LeaseRow, POLICIES, PolicyRow};
 use bpf::AttachMode;
 
@@ -67,6 +67,7 @@ pub struct NodeOptions {
     pub qps: f64,
     pub burst: u32,
     pub gc_interval: Duration,
+    pub election: ElectionMode,
 }
 
 impl NodeOptions {
@@ -80,6 +81,7 @@ impl NodeOptions {
             qps: 1000.0,
             burst: 1000,
             gc_interval: actors::lease::GC_INTERVAL,
+            election: ElectionMode::PerService,
         }
     }
 }
@@ -170,7 +172,9 @@ impl ControlPlaneNode {
                         &options.namespace,
                         options.timing,
                     )
+                    .election(options.election)
                     .external_ips(options.external_ips_enabled)
+                    .client_qps(options.qps)
                     .lease_gc_interval(options.gc_interval)
                     .devices(devices)
                     .observers(observers)
@@ -181,6 +185,7 @@ impl ControlPlaneNode {
                             mode: AttachMode::Tc,
                             gratuitous: GratuitousConfig::default(),
                             liveness_interval: Duration::from_secs(1),
+                            node_fence: false,
                         },
                     )
                     .map_err(|e| e.to_string())?;

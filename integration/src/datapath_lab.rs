@@ -438,6 +438,7 @@ fn agent_thread(
                 mode: config.mode,
                 gratuitous: config.gratuitous,
                 liveness_interval: config.liveness_interval,
+                node_fence: false,
             },
             std::sync::Arc::new(NoDatapathObserver),
         )?;

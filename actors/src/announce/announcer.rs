@@ -30,6 +30,10 @@ pub struct AnnouncerOptions {
     pub gratuitous: GratuitousConfig,
     /// How often the agent liveness is refreshed (and counters read).
     pub liveness_interval: Duration,
+    /// Whether the elections extend a node fence (node-heartbeat mode);
+    /// otherwise it is opened for good at start and claims' fences alone
+    /// time the entries (per-service mode).
+    pub node_fence: bool,
 }
 
 /// The datapath's owner. Build it with [`Announcer::new`] before any
@@ -78,6 +82,13 @@ impl<M: ResponderMaps + 'static, G: GratuitousSender> Announcer<M, G> {
                 "responder entries of an earlier run kept under their own fences until this run confirms their claims"
             ),
             Err(e) => warn!(error = %e, "reading the responder maps of an earlier run"),
+        }
+        // Inherited entries now obey their own slots alone, so the node
+        // fence may open without re-arming any of them.
+        if !options.node_fence
+            && let Err(e) = datapath.maps_mut().set_node_fence(u64::MAX)
+        {
+            warn!(error = %e, "opening the node fence");
         }
         let table = Table::open(db, L2_ANNOUNCE)?;
         let target = ResponderTarget::new(datapath, db, run, observer.clone())?;
@@ -164,12 +175,22 @@ impl<M: ResponderMaps + 'static, G: GratuitousSender> Announcer<M, G> {
             FenceCommand::Open { claim, until, done } => {
                 // Entries waiting for this fence are announced by the
                 // schedule's next run, right after this.
-                match self.datapath().open(&claim, monotonic_ns(until)) {
-                    Ok(_) => self.observer.fence(&claim, Some(until)),
+                let deadline = until.map_or(u64::MAX, monotonic_ns);
+                match self.datapath().open(&claim, deadline) {
+                    Ok(_) => self.observer.fence(&claim, until),
                     Err(e) => warn!(claim = %claim, error = %e, "opening a claim's fence"),
                 }
                 if let Some(done) = done {
                     let _ = done.send(());
+                }
+            }
+            FenceCommand::NodeFence { until } => {
+                if let Err(e) = self
+                    .datapath()
+                    .maps_mut()
+                    .set_node_fence(monotonic_ns(until))
+                {
+                    warn!(error = %e, "extending the node fence");
                 }
             }
             FenceCommand::Close { claim, done } => {

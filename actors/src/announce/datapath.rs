@@ -161,8 +161,20 @@ impl<M: ResponderMaps> Datapath<M> {
 
     /// Takes stock of what an earlier run left in the (pinned) maps: those
     /// entries become inherited and their slots reserved. Call once, first.
+    ///
+    /// Each inherited entry's slot is capped at the node fence the earlier
+    /// run left, so that this run extending or opening the node fence
+    /// re-arms none of them: from here on their own slot alone times them.
     pub fn recover(&mut self) -> Result<usize, ResponderError> {
         let found = self.maps.entries()?;
+        let node_fence = self.maps.node_fence()?;
+        let slots: BTreeSet<u32> = found.iter().map(|e| e.fence_slot).collect();
+        for slot in slots {
+            let deadline = self.maps.fence(slot)?;
+            if deadline > node_fence {
+                self.maps.set_fence(slot, node_fence)?;
+            }
+        }
         for e in &found {
             self.slots.reserve(e.fence_slot);
             self.entries.insert(

@@ -27,8 +27,10 @@ fn eth0() -> DeviceRow {
     device("eth0", 2, "02:00:00:00:00:01")
 }
 
+/// A datapath as the per-service mode runs it: node fence open for good.
 fn fresh() -> (MemoryDatapath, Datapath<MemoryDatapath>) {
     let mem = MemoryDatapath::with_interfaces(["eth0", "eth1"]);
+    mem.state().node_fence = u64::MAX;
     let dp = Datapath::new(mem.clone(), AttachMode::Tc);
     (mem, dp)
 }
@@ -211,4 +213,25 @@ fn slot_allocator_reuses_and_reserves() {
     assert_eq!(s.users(3), 1, "still used by the second entry");
     s.release(3);
     assert_eq!(s.allocate(), Some(3));
+}
+
+#[test]
+fn entries_of_a_node_heartbeat_run_are_capped_at_its_node_fence() {
+    // The earlier run (node-heartbeat): slot open until released, node
+    // fence at NOW + 100.
+    let mem = MemoryDatapath::with_interfaces(["eth0"]);
+    {
+        let mut s = mem.state();
+        s.entries.insert((ip("192.0.2.10"), 2), (6, 0));
+        s.fences.insert(6, u64::MAX);
+        s.node_fence = NOW + 100;
+    }
+    let mut dp = Datapath::new(mem.clone(), AttachMode::Tc);
+    dp.recover().expect("recover");
+    assert_eq!(mem.state().fences[&6], NOW + 100);
+    // This run extends the node fence: the inherited entry still stops at
+    // its old deadline.
+    dp.maps_mut().set_node_fence(LATER).expect("node fence");
+    assert!(mem.state().answers(ip("192.0.2.10"), 2, NOW));
+    assert!(!mem.state().answers(ip("192.0.2.10"), 2, NOW + 100));
 }

@@ -25,6 +25,10 @@ pub trait ResponderMaps: Send {
     fn set_fence(&mut self, slot: u32, deadline_ns: u64) -> Result<(), ResponderError>;
     /// The deadline of fence `slot`.
     fn fence(&self, slot: u32) -> Result<u64, ResponderError>;
+    /// Sets the node fence every entry also obeys (0 closes everything).
+    fn set_node_fence(&mut self, deadline_ns: u64) -> Result<(), ResponderError>;
+    /// The node fence.
+    fn node_fence(&self) -> Result<u64, ResponderError>;
     /// Stamps the agent liveness with the current monotonic time.
     fn set_liveness_now(&mut self) -> Result<u64, ResponderError>;
     /// Attaches the responder to `ifname` (idempotent) and records its MAC.
@@ -57,6 +61,12 @@ impl ResponderMaps for Responder {
     }
     fn fence(&self, slot: u32) -> Result<u64, ResponderError> {
         Responder::fence(self, slot)
+    }
+    fn set_node_fence(&mut self, deadline_ns: u64) -> Result<(), ResponderError> {
+        Responder::set_node_fence(self, deadline_ns)
+    }
+    fn node_fence(&self) -> Result<u64, ResponderError> {
+        Responder::node_fence(self)
     }
     fn set_liveness_now(&mut self) -> Result<u64, ResponderError> {
         Responder::set_liveness_now(self)
@@ -104,6 +114,8 @@ pub struct MemoryState {
     /// (IP, ifindex) -> (fence slot, responses sent).
     pub entries: BTreeMap<(IpAddr, u32), (u32, u64)>,
     pub fences: BTreeMap<u32, u64>,
+    /// 0 until set, as the datapath's (closed).
+    pub node_fence: u64,
     pub liveness_ns: u64,
     /// Attached interfaces: ifindex -> (name, MAC).
     pub attached: BTreeMap<u32, (String, MacAddr)>,
@@ -115,12 +127,14 @@ pub struct MemoryState {
 
 impl MemoryState {
     /// Whether the modelled datapath would answer `ip` on `ifindex` at
-    /// `now_ns`: an entry whose fence lies in the future.
+    /// `now_ns`: an entry whose fence and the node fence lie in the future.
     pub fn answers(&self, ip: IpAddr, ifindex: u32, now_ns: u64) -> bool {
-        self.entries
-            .get(&(ip, ifindex))
-            .and_then(|(slot, _)| self.fences.get(slot))
-            .is_some_and(|deadline| now_ns < *deadline)
+        now_ns < self.node_fence
+            && self
+                .entries
+                .get(&(ip, ifindex))
+                .and_then(|(slot, _)| self.fences.get(slot))
+                .is_some_and(|deadline| now_ns < *deadline)
     }
 }
 
@@ -186,6 +200,13 @@ impl ResponderMaps for MemoryDatapath {
     }
     fn fence(&self, slot: u32) -> Result<u64, ResponderError> {
         Ok(self.state().fences.get(&slot).copied().unwrap_or(0))
+    }
+    fn set_node_fence(&mut self, deadline_ns: u64) -> Result<(), ResponderError> {
+        self.state().node_fence = deadline_ns;
+        Ok(())
+    }
+    fn node_fence(&self) -> Result<u64, ResponderError> {
+        Ok(self.state().node_fence)
     }
     fn set_liveness_now(&mut self) -> Result<u64, ResponderError> {
         let now = bpf::monotonic_now_ns();

@@ -57,13 +57,17 @@ impl DatapathObserver for NoDatapathObserver {}
 /// What the elections tell the announcer.
 #[derive(Debug)]
 pub enum FenceCommand {
-    /// `claim` is confirmed in this run until `until`: its entries may
-    /// answer until then; `done` fires once the maps hold it.
+    /// `claim` is confirmed in this run until `until` (`None`: until it
+    /// is closed; the node fence still applies): its entries may answer
+    /// until then; `done` fires once the maps hold it.
     Open {
         claim: String,
-        until: Instant,
+        until: Option<Instant>,
         done: Option<oneshot::Sender<()>>,
     },
+    /// The node fence (node-heartbeat mode) is open until `until`: every
+    /// entry answers only before it, whatever its claim's fence says.
+    NodeFence { until: Instant },
     /// `claim` is given up: its entries stop answering; `done` fires once
     /// the maps hold the closed fence.
     Close {
@@ -99,9 +103,24 @@ impl Fences {
     pub fn open(&self, claim: &str, until: Instant) {
         let _ = self.tx.send(FenceCommand::Open {
             claim: claim.to_string(),
-            until,
+            until: Some(until),
             done: None,
         });
+    }
+
+    /// Opens `claim`'s fence until it is closed: its entries answer while
+    /// the node fence is open (node-heartbeat mode).
+    pub fn open_until_closed(&self, claim: &str) {
+        let _ = self.tx.send(FenceCommand::Open {
+            claim: claim.to_string(),
+            until: None,
+            done: None,
+        });
+    }
+
+    /// Extends the node fence until `until`.
+    pub fn node_fence(&self, until: Instant) {
+        let _ = self.tx.send(FenceCommand::NodeFence { until });
     }
 
     /// [`Fences::open`], resolving once the datapath holds the fence.
@@ -113,7 +132,7 @@ impl Fences {
         let (done, wait) = oneshot::channel();
         let sent = self.tx.send(FenceCommand::Open {
             claim: claim.to_string(),
-            until,
+            until: Some(until),
             done: Some(done),
         });
         async move {

@@ -43,6 +43,32 @@ impl TokenBucket {
         }
     }
 
+    /// The tokens there now (negative while reservations wait).
+    pub fn available(&self, now: Instant) -> f64 {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed = now.saturating_duration_since(s.last).as_secs_f64();
+        (s.tokens + elapsed * self.rate).min(self.burst)
+    }
+
+    /// The most tokens the bucket holds.
+    pub fn burst(&self) -> f64 {
+        self.burst
+    }
+
+    /// Takes one token if one is there now; whether it did.
+    pub fn try_take(&self, now: Instant) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed = now.saturating_duration_since(s.last).as_secs_f64();
+        s.tokens = (s.tokens + elapsed * self.rate).min(self.burst);
+        s.last = now.max(s.last);
+        if s.tokens >= 1.0 {
+            s.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Takes one token; returns how long the caller must wait for it.
     pub fn reserve(&self, now: Instant) -> Duration {
         // A poisoned lock only means another request panicked mid-update;
@@ -84,12 +110,21 @@ pub struct ThrottleLayer {
 
 impl ThrottleLayer {
     pub fn new(qps: f64, burst: u32, observer: Arc<dyn ThrottleObserver>) -> Self {
-        ThrottleLayer {
-            bucket: Arc::new(TokenBucket::new(qps, burst, Instant::now())),
+        Self::with_bucket(
+            Arc::new(TokenBucket::new(qps, burst, Instant::now())),
             observer,
-        }
+        )
+    }
+
+    /// A layer over a bucket the caller also reads (see [`ClientBudget`]).
+    pub fn with_bucket(bucket: Arc<TokenBucket>, observer: Arc<dyn ThrottleObserver>) -> Self {
+        ThrottleLayer { bucket, observer }
     }
 }
+
+/// The client's token bucket, readable by those who want to leave room
+/// for more urgent requests (acquisitions wait while renewals need it).
+pub type ClientBudget = Arc<TokenBucket>;
 
 impl<S> Layer<S> for ThrottleLayer {
     type Service = Throttle<S>;
@@ -190,23 +225,36 @@ pub async fn load_config(
 /// Builds the throttled client. Call once, on the System arbiter, and clone.
 /// Requests carry `User-Agent: l2announcer/<version> (<node>)`.
 pub fn build_client(
-    mut config: kube::Config,
+    config: kube::Config,
     node: &str,
     qps: f64,
     burst: u32,
     observer: Arc<dyn ThrottleObserver>,
 ) -> Result<kube::Client, ClientError> {
+    build_client_with_budget(config, node, qps, burst, observer).map(|(c, _)| c)
+}
+
+/// [`build_client`], also returning the client's token bucket.
+pub fn build_client_with_budget(
+    mut config: kube::Config,
+    node: &str,
+    qps: f64,
+    burst: u32,
+    observer: Arc<dyn ThrottleObserver>,
+) -> Result<(kube::Client, ClientBudget), ClientError> {
     let agent = format!("l2announcer/{} ({node})", env!("CARGO_PKG_VERSION"));
     if let Ok(value) = http::HeaderValue::from_str(&agent) {
         config.headers.push((http::header::USER_AGENT, value));
     }
     let builder = kube::client::ClientBuilder::try_from(config)?;
+    let bucket = Arc::new(TokenBucket::new(qps, burst, Instant::now()));
     // kube's stack is not Clone; a buffer in front of it makes it so (its
     // worker task runs on the runtime that builds the client).
-    Ok(builder
+    let client = builder
         .with_layer(&tower::buffer::BufferLayer::new(1024))
-        .with_layer(&ThrottleLayer::new(qps, burst, observer))
-        .build())
+        .with_layer(&ThrottleLayer::with_bucket(bucket.clone(), observer))
+        .build();
+    Ok((client, bucket))
 }
 
 #[cfg(test)]

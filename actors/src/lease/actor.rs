@@ -24,7 +24,8 @@ use tracing::{debug, info, warn};
 
 use super::election::{Decision, Election, LeaseRecord, LeaseTiming, lease_name};
 use crate::announce::Fences;
-use crate::messages::{Campaign, Leadership, ReleaseAll, Withdraw};
+use crate::k8s::client::ClientBudget;
+use crate::messages::{Campaign, CandidaciesSynced, Leadership, ReleaseAll, Withdraw};
 use crate::tables::{LEASES, LeaseRow};
 
 /// Prefix of every lease this agent manages.
@@ -58,12 +59,21 @@ pub fn sizing_warning(held: usize, timing: &LeaseTiming, qps: f64) -> Option<Str
     })
 }
 
-/// Receives lease events for the metrics.
+/// Receives election events for the metrics.
 pub trait LeaseObserver: Send + Sync {
     fn acquired(&self, _service: &str, _takeover: Option<Duration>) {}
     fn lost(&self, _service: &str, _reason: &str) {}
     fn renew(&self, _service: &str, _latency: Duration, _ok: bool) {}
+    /// Claims (or per-Service leases) held.
     fn held(&self, _count: usize) {}
+    /// A heartbeat renewal (node-heartbeat mode) answered after `latency`.
+    fn heartbeat(&self, _latency: Duration, _ok: bool) {}
+    /// An eviction this node performed (`true`) or saw another perform.
+    fn eviction(&self, _performed: bool) {}
+    /// This node took a claim: `new`, `takeover` or `hand-off`.
+    fn claim_taken(&self, _claim: &str, _reason: &str) {}
+    /// Mirror Lease writes waiting (node-heartbeat mode).
+    fn mirror_pending(&self, _count: usize) {}
 }
 
 /// An observer that records nothing.
@@ -107,6 +117,12 @@ pub struct LeaseActor {
     client_qps: Option<f64>,
     /// The largest number of held leases already warned about.
     warned_at: usize,
+    poll: bool,
+    budget: Option<ClientBudget>,
+    /// Leases with a poll (GET) in flight, client-go mode.
+    polling: std::collections::BTreeSet<String>,
+    /// When each lease was last polled, client-go mode.
+    polled_at: BTreeMap<String, Instant>,
 }
 
 /// What a LeaseActor is configured with.
@@ -122,6 +138,12 @@ pub struct LeaseConfig {
     pub client_qps: Option<f64>,
     /// How often released, unclaimed leases are collected.
     pub gc_interval: Duration,
+    /// Poll every Lease every retry period instead of watching (the
+    /// `client-go` baseline of the benchmark).
+    pub poll: bool,
+    /// The client's token bucket: acquisitions wait while it runs low, so
+    /// that renewals are never starved by new work.
+    pub budget: Option<ClientBudget>,
 }
 
 impl LeaseConfig {
@@ -132,6 +154,8 @@ impl LeaseConfig {
             timing,
             client_qps: None,
             gc_interval: GC_INTERVAL,
+            poll: false,
+            budget: None,
         }
     }
 }
@@ -162,6 +186,10 @@ impl LeaseActor {
             gc_interval: config.gc_interval,
             client_qps: config.client_qps,
             warned_at: 0,
+            poll: config.poll,
+            budget: config.budget,
+            polling: std::collections::BTreeSet::new(),
+            polled_at: BTreeMap::new(),
         })
     }
 
@@ -284,10 +312,16 @@ impl LeaseActor {
         self.observer.held(self.held_count());
     }
 
-    /// Evaluates every election; sends the requests they decide on.
+    /// Evaluates every election; sends the requests they decide on:
+    /// renewals first, the one closest to its fence deadline first, then
+    /// acquisitions, which wait while the client's token bucket runs low so
+    /// that new work never starves a renewal.
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let stamp = rfc3339_now();
+        if self.poll {
+            self.poll_leases(ctx, now);
+        }
         // Leases held or being acquired: the stagger below counts both, so
         // that a node that starts first does not take every free lease.
         let mut held = self
@@ -295,6 +329,8 @@ impl LeaseActor {
             .values()
             .filter(|s| s.leading || s.in_flight)
             .count();
+        let mut renewals: Vec<(Instant, String, Decision)> = Vec::new();
+        let mut acquisitions: Vec<(String, Decision)> = Vec::new();
         let names: Vec<String> = self.slots.keys().cloned().collect();
         for name in names {
             let Some(slot) = self.slots.get_mut(&name) else {
@@ -319,13 +355,21 @@ impl LeaseActor {
                 continue;
             }
             let decision = slot.election.decide(now, &stamp);
+            if matches!(decision, Decision::WaitUntil(_)) {
+                continue;
+            }
             // Balanced distribution: a node that already leads others waits
             // a little before taking a free lease, so the least loaded
             // candidate usually wins. Never more than one retry period.
             let acquiring = matches!(&decision, Decision::Update { record, .. }
                 if slot.election.observed().is_some_and(|o| o.record.holder != self.me) && record.holder == self.me)
                 || matches!(decision, Decision::Create(_));
-            if acquiring && held > 0 {
+            if !acquiring {
+                let deadline = slot.election.fence_until().unwrap_or(now);
+                renewals.push((deadline, name, decision));
+                continue;
+            }
+            if held > 0 {
                 let stagger = (self.timing.retry_period / 4)
                     .saturating_mul(u32::try_from(held).unwrap_or(u32::MAX))
                     .min(self.timing.retry_period);
@@ -334,25 +378,88 @@ impl LeaseActor {
                     continue;
                 }
             }
-            if acquiring {
-                held += 1;
+            held += 1;
+            acquisitions.push((name, decision));
+        }
+        renewals.sort_by_key(|(deadline, _, _)| *deadline);
+        for (_, name, decision) in renewals {
+            self.send_decision(ctx, name, decision, now);
+        }
+        for (name, decision) in acquisitions {
+            // Half the burst stays for renewals.
+            if self
+                .budget
+                .as_ref()
+                .is_some_and(|b| b.available(now) < b.burst() / 2.0)
+            {
+                break;
             }
-            match decision {
-                Decision::WaitUntil(_) => {}
-                Decision::Create(record) => {
-                    slot.in_flight = true;
-                    slot.election.attempted(now);
-                    self.send_write(ctx, name.clone(), record, None, now);
-                }
-                Decision::Update {
-                    record,
-                    resource_version,
-                } => {
-                    slot.in_flight = true;
-                    slot.election.attempted(now);
-                    self.send_write(ctx, name.clone(), record, Some(resource_version), now);
-                }
-            }
+            self.send_decision(ctx, name, decision, now);
+        }
+    }
+
+    fn send_decision(
+        &mut self,
+        ctx: &mut Context<Self>,
+        name: String,
+        decision: Decision,
+        now: Instant,
+    ) {
+        let Some(slot) = self.slots.get_mut(&name) else {
+            return;
+        };
+        let (record, rv) = match decision {
+            Decision::WaitUntil(_) => return,
+            Decision::Create(record) => (record, None),
+            Decision::Update {
+                record,
+                resource_version,
+            } => (record, Some(resource_version)),
+        };
+        slot.in_flight = true;
+        slot.election.attempted(now);
+        self.send_write(ctx, name, record, rv, now);
+    }
+
+    /// client-go's way (benchmark baseline): every campaigned Lease is read
+    /// every retry period instead of followed by a watch.
+    fn poll_leases(&mut self, ctx: &mut Context<Self>, now: Instant) {
+        let due: Vec<String> = self
+            .slots
+            .keys()
+            .filter(|n| !self.polling.contains(*n))
+            .filter(|n| {
+                self.polled_at
+                    .get(*n)
+                    .is_none_or(|t| now.saturating_duration_since(*t) >= self.timing.retry_period)
+            })
+            .cloned()
+            .collect();
+        for name in due {
+            self.polling.insert(name.clone());
+            self.polled_at.insert(name.clone(), now);
+            let api = self.api.clone();
+            let get = name.clone();
+            ctx.spawn(async move { api.get_opt(&get).await }.into_actor(self).map(
+                move |result, act, _| {
+                    act.polling.remove(&name);
+                    let now = Instant::now();
+                    match result {
+                        Ok(Some(lease)) => {
+                            let rv = lease.metadata.resource_version.clone().unwrap_or_default();
+                            act.seen.insert(name.clone(), (from_lease(&lease), rv));
+                        }
+                        Ok(None) => {
+                            act.seen.remove(&name);
+                        }
+                        Err(e) => {
+                            debug!(lease = %name, error = %e, "polling lease");
+                            return;
+                        }
+                    }
+                    act.observe(&name, now);
+                },
+            ));
         }
     }
 
@@ -408,10 +515,13 @@ impl LeaseActor {
             Err(e) => {
                 let service = slot.service.clone();
                 let leading = slot.leading;
-                if let kube::Error::Api(status) = &e
-                    && status.code == 404
-                {
-                    slot.election.observe_absent(now);
+                if let kube::Error::Api(status) = &e {
+                    match status.code {
+                        404 => slot.election.observe_absent(now),
+                        // A create refused: the Lease exists already.
+                        409 if status.reason == "AlreadyExists" => slot.election.exists_unseen(),
+                        _ => {}
+                    }
                 }
                 if leading {
                     self.observer.renew(&service, now - sent, false);
@@ -575,8 +685,12 @@ impl Actor for LeaseActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let stream = watcher(self.api.clone(), watcher::Config::default()).default_backoff();
-        ctx.add_stream(stream);
+        if self.poll {
+            self.synced = true;
+        } else {
+            let stream = watcher(self.api.clone(), watcher::Config::default()).default_backoff();
+            ctx.add_stream(stream);
+        }
         ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
         ctx.run_interval(self.gc_interval, |act, ctx| act.collect_garbage(ctx));
     }
@@ -648,6 +762,11 @@ impl Handler<Campaign> for LeaseActor {
         );
         self.observe(&name, Instant::now());
     }
+}
+
+impl Handler<CandidaciesSynced> for LeaseActor {
+    type Result = ();
+    fn handle(&mut self, _: CandidaciesSynced, _ctx: &mut Context<Self>) {}
 }
 
 impl Handler<Withdraw> for LeaseActor {

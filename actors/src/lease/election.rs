@@ -77,6 +77,9 @@ pub struct Election {
     last_success_sent: Option<Instant>,
     /// When the last attempt was made, to space attempts by retry period.
     last_attempt: Option<Instant>,
+    /// A create was refused because the Lease exists, and this node has
+    /// not seen it yet: wait for the watch instead of creating again.
+    exists_unseen: bool,
 }
 
 impl Election {
@@ -88,6 +91,7 @@ impl Election {
             absent_since: None,
             last_success_sent: None,
             last_attempt: None,
+            exists_unseen: false,
         }
     }
 
@@ -100,6 +104,7 @@ impl Election {
     /// holder that stopped renewing is seen to expire on schedule.
     pub fn observe(&mut self, record: LeaseRecord, resource_version: String, now: Instant) {
         self.absent_since = None;
+        self.exists_unseen = false;
         let changed = self.observed.as_ref().is_none_or(|o| o.record != record);
         let at = match &self.observed {
             Some(o) if !changed => o.at,
@@ -112,8 +117,17 @@ impl Election {
         });
     }
 
+    /// A create was refused: the Lease exists though this node has not seen
+    /// it. No further create until it is seen (or seen deleted).
+    pub fn exists_unseen(&mut self) {
+        self.exists_unseen = true;
+        self.absent_since = None;
+        self.observed = None;
+    }
+
     /// Records that the Lease does not exist (deleted, or never created).
     pub fn observe_absent(&mut self, now: Instant) {
+        self.exists_unseen = false;
         self.observed = None;
         self.absent_since.get_or_insert(now);
     }
@@ -159,6 +173,9 @@ impl Election {
             if next > now {
                 return Decision::WaitUntil(next);
             }
+        }
+        if self.exists_unseen {
+            return Decision::WaitUntil(now + self.timing.retry_period);
         }
         if self.absent_since.is_some() || self.observed.is_none() {
             return Decision::Create(LeaseRecord {
@@ -410,6 +427,26 @@ mod tests {
             ("", 1, 1)
         );
         assert_eq!(rv, "4");
+    }
+
+    #[test]
+    fn a_refused_create_waits_for_the_lease_to_be_seen() {
+        let mut e = Election::new("node-b", timing());
+        let t0 = Instant::now();
+        e.observe_absent(t0);
+        assert!(matches!(e.decide(t0, T), Decision::Create(_)));
+        e.attempted(t0);
+        e.exists_unseen();
+        let later = t0 + Duration::from_secs(1);
+        assert!(
+            matches!(e.decide(later, T), Decision::WaitUntil(_)),
+            "no second create"
+        );
+        e.observe(held_by("node-a", 0), "3".into(), later);
+        assert!(
+            matches!(e.decide(later, T), Decision::WaitUntil(_)),
+            "held by node-a"
+        );
     }
 
     #[test]

@@ -34,7 +34,9 @@ use super::selection::{
     slice_has_local_ready, slice_key,
 };
 use crate::RunId;
-use crate::messages::{Campaign, Leadership, PolicyState, PolicyStates, SelectedDevices, Withdraw};
+use crate::messages::{
+    Campaign, CandidaciesSynced, Leadership, PolicyState, PolicyStates, SelectedDevices, Withdraw,
+};
 use crate::policy::CompiledPolicy;
 use crate::tables::{L2_ANNOUNCE, L2_ANNOUNCE_BY_CLAIM, L2AnnounceRow, POLICIES, PolicyRow};
 
@@ -93,8 +95,8 @@ pub struct ServiceActor {
     evaluated: bool,
     groups: ClaimGroups,
     candidacies: BTreeMap<String, Candidacy>,
-    /// Claims this node campaigns for.
-    campaigning: BTreeSet<String>,
+    /// Claims this node campaigns for, with their members.
+    campaigning: BTreeMap<String, Vec<String>>,
     /// Claims this node leads.
     leading: BTreeSet<String>,
     /// Claims the LeaseActor decided at least once in this run.
@@ -104,7 +106,15 @@ pub struct ServiceActor {
     policy_rows_scheduled: bool,
     campaign: Recipient<Campaign>,
     withdraw: Recipient<Withdraw>,
+    synced: Recipient<CandidaciesSynced>,
     observer: Arc<dyn AnnounceObserver>,
+}
+
+/// Where the ServiceActor's decisions go: the election of the mode in use.
+pub struct ElectionRecipients {
+    pub campaign: Recipient<Campaign>,
+    pub withdraw: Recipient<Withdraw>,
+    pub synced: Recipient<CandidaciesSynced>,
 }
 
 impl ServiceActor {
@@ -112,8 +122,7 @@ impl ServiceActor {
         client: kube::Client,
         db: statedb::Db,
         config: ServiceConfig,
-        campaign: Recipient<Campaign>,
-        withdraw: Recipient<Withdraw>,
+        election: ElectionRecipients,
         observer: Arc<dyn AnnounceObserver>,
     ) -> Result<Self, statedb::Error> {
         let (services, services_w) = reflector::store();
@@ -140,13 +149,14 @@ impl ServiceActor {
             evaluated: false,
             groups: ClaimGroups::default(),
             candidacies: BTreeMap::new(),
-            campaigning: BTreeSet::new(),
+            campaigning: BTreeMap::new(),
             leading: BTreeSet::new(),
             decided: BTreeSet::new(),
             announcing: BTreeMap::new(),
             policy_rows_scheduled: false,
-            campaign,
-            withdraw,
+            campaign: election.campaign,
+            withdraw: election.withdraw,
+            synced: election.synced,
             observer,
         })
     }
@@ -240,7 +250,7 @@ impl ServiceActor {
             claims.extend(self.groups.claim_of(key).map(str::to_string));
         }
         if full {
-            claims.extend(self.campaigning.iter().cloned());
+            claims.extend(self.campaigning.keys().cloned());
         }
         for claim in &claims {
             self.sync_claim(claim);
@@ -250,6 +260,7 @@ impl ServiceActor {
         }
         if first {
             self.reap_inherited();
+            self.synced.do_send(CandidaciesSynced);
         }
         self.schedule_policy_rows(ctx);
     }
@@ -259,13 +270,15 @@ impl ServiceActor {
         let members: Vec<String> = self.groups.members(claim).map(str::to_string).collect();
         let eligible =
             !members.is_empty() && members.iter().all(|m| self.candidacies.contains_key(m));
-        if eligible && self.campaigning.insert(claim.to_string()) {
+        if eligible && self.campaigning.get(claim) != Some(&members) {
             debug!(claim, "campaigning");
+            self.campaigning.insert(claim.to_string(), members.clone());
             self.campaign.do_send(Campaign {
                 service: claim.to_string(),
+                members: members.clone(),
             });
         }
-        if !eligible && self.campaigning.remove(claim) {
+        if !eligible && self.campaigning.remove(claim).is_some() {
             debug!(claim, "withdrawing");
             self.leading.remove(claim);
             self.decided.remove(claim);
@@ -294,7 +307,7 @@ impl ServiceActor {
                 }
             }
         }
-        let keep_inherited = self.campaigning.contains(claim) && !self.decided.contains(claim);
+        let keep_inherited = self.campaigning.contains_key(claim) && !self.decided.contains(claim);
         let mut txn = self.db.write_txn();
         let existing = match self.announce.get_all(&txn, L2_ANNOUNCE_BY_CLAIM, claim) {
             Ok(rows) => rows,
@@ -376,7 +389,8 @@ impl ServiceActor {
             } else {
                 e.row.claim.clone()
             };
-            let result = if self.campaigning.contains(&claim) && !self.decided.contains(&claim) {
+            let result = if self.campaigning.contains_key(&claim) && !self.decided.contains(&claim)
+            {
                 if claim == e.row.claim {
                     continue;
                 }
@@ -625,7 +639,7 @@ impl Handler<Leadership> for ServiceActor {
     fn handle(&mut self, msg: Leadership, _ctx: &mut Context<Self>) {
         let claim = msg.service;
         let first = self.decided.insert(claim.clone());
-        let changed = if msg.held && self.campaigning.contains(&claim) {
+        let changed = if msg.held && self.campaigning.contains_key(&claim) {
             self.leading.insert(claim.clone())
         } else {
             self.leading.remove(&claim)

@@ -7,6 +7,8 @@ mod actor;
 pub mod claims;
 pub mod selection;
 
-pub use actor::{AnnounceObserver, NoAnnounceObserver, ServiceActor, ServiceConfig};
+pub use actor::{
+    AnnounceObserver, ElectionRecipients, NoAnnounceObserver, ServiceActor, ServiceConfig,
+};
 pub use claims::{ClaimChange, ClaimGroups};
 pub use selection::{Candidacy, NodeView, ServiceView, candidacy, service_view};
