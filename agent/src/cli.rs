@@ -146,10 +146,7 @@ pub fn refuse(e: &clap::Error) -> u8 {
         Some(refused) => eprintln!("{refused}"),
         None => {
             let rendered = e.render().to_string();
-            eprintln!(
-                "{}",
-                rendered.lines().next().unwrap_or("invalid arguments")
-            );
+            eprintln!("{}", rendered.lines().next().unwrap_or("invalid arguments"));
         }
     }
     2

@@ -77,95 +77,96 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Announce Service IPs selected by CiliumL2AnnouncementPolicy objects
-    #[arg(long = "enable-l2-announcements", id = "EnableL2Announcements", value_name = "BOOL",
-        default_value = "false", value_parser = go_bool)]
+    #[arg(long = "enable-l2-announcements", id = "EnableL2Announcements")]
+    #[arg(value_name = "BOOL", default_value = "false", value_parser = go_bool)]
     pub enable_l2_announcements: bool,
     /// How long a lease stays valid without renewal (> 1s and > renew deadline)
-    #[arg(long = LEASE_DURATION, id = "L2AnnouncerLeaseDuration", value_name = "DURATION",
-        default_value = "15s", value_parser = lease_duration)]
+    #[arg(long = LEASE_DURATION, id = "L2AnnouncerLeaseDuration")]
+    #[arg(value_name = "DURATION", default_value = "15s", value_parser = lease_duration)]
     pub lease_duration: Duration,
     /// How long the holder keeps trying to renew before it stops announcing (> 1.2 x retry period)
-    #[arg(long = RENEW_DEADLINE, id = "L2AnnouncerRenewDeadline", value_name = "DURATION",
-        default_value = "5s", value_parser = duration::parse)]
+    #[arg(long = RENEW_DEADLINE, id = "L2AnnouncerRenewDeadline")]
+    #[arg(value_name = "DURATION", default_value = "5s", value_parser = duration::parse)]
     pub renew_deadline: Duration,
     /// Interval between renewals and between acquisition attempts
-    #[arg(long = RETRY_PERIOD, id = "L2AnnouncerRetryPeriod", value_name = "DURATION",
-        default_value = "2s", value_parser = nonzero_duration)]
+    #[arg(long = RETRY_PERIOD, id = "L2AnnouncerRetryPeriod")]
+    #[arg(value_name = "DURATION", default_value = "2s", value_parser = nonzero_duration)]
     pub retry_period: Duration,
     /// Sustained Kubernetes API requests per second (token bucket rate)
-    #[arg(long = "k8s-client-qps", id = "K8sClientQPS", value_name = "NUMBER",
-        default_value = "5", value_parser = positive_number)]
+    #[arg(long = "k8s-client-qps", id = "K8sClientQPS")]
+    #[arg(value_name = "NUMBER", default_value = "5", value_parser = positive_number)]
     pub k8s_client_qps: f64,
     /// Kubernetes API request burst (token bucket size)
-    #[arg(long = "k8s-client-burst", id = "K8sClientBurst", value_name = "NUMBER",
-        default_value = "10", value_parser = positive_whole_number)]
+    #[arg(long = "k8s-client-burst", id = "K8sClientBurst")]
+    #[arg(value_name = "NUMBER", default_value = "10", value_parser = positive_whole_number)]
     pub k8s_client_burst: u32,
     /// Devices that may announce: names and prefix wildcards (eth+), comma separated; empty = all
-    #[arg(long = "devices", id = "Devices", value_name = "LIST", default_value = "")]
+    #[arg(long = "devices", id = "Devices")]
+    #[arg(value_name = "LIST", default_value = "")]
     pub devices: DeviceFilter,
     /// Allow announcing Service externalIPs
-    #[arg(long = "enable-external-ips", id = "EnableExternalIPs", value_name = "BOOL",
-        default_value = "false", value_parser = go_bool)]
+    #[arg(long = "enable-external-ips", id = "EnableExternalIPs")]
+    #[arg(value_name = "BOOL", default_value = "false", value_parser = go_bool)]
     pub enable_external_ips: bool,
     /// Send gratuitous ARP for local pod IPs
-    #[arg(long = POD_ANNOUNCEMENTS, id = "EnableL2PodAnnouncements", value_name = "BOOL",
-        default_value = "false", value_parser = go_bool)]
+    #[arg(long = POD_ANNOUNCEMENTS, id = "EnableL2PodAnnouncements")]
+    #[arg(value_name = "BOOL", default_value = "false", value_parser = go_bool)]
     pub enable_l2_pod_announcements: bool,
     /// Interface for pod announcements (required with --enable-l2-pod-announcements)
-    #[arg(long = POD_INTERFACE, id = "L2PodAnnouncementsInterface", value_name = "VALUE",
-        default_value = "", value_parser = text)]
+    #[arg(long = POD_INTERFACE, id = "L2PodAnnouncementsInterface")]
+    #[arg(value_name = "VALUE", default_value = "", value_parser = text)]
     pub l2_pod_announcements_interface: String,
     /// How often the agent refreshes the datapath liveness stamp (< lease duration)
-    #[arg(long = LIVENESS_INTERVAL, id = "AgentLivenessUpdateInterval", value_name = "DURATION",
-        default_value = "1s", value_parser = duration::parse)]
+    #[arg(long = LIVENESS_INTERVAL, id = "AgentLivenessUpdateInterval")]
+    #[arg(value_name = "DURATION", default_value = "1s", value_parser = duration::parse)]
     pub agent_liveness_update_interval: Duration,
     /// Where the eBPF responder attaches: tc (TC ingress) or xdp
-    #[arg(long = "l2-responder-mode", id = "L2ResponderMode", value_name = "VALUE",
-        default_value = "tc", value_parser = choice::<ResponderMode>)]
+    #[arg(long = "l2-responder-mode", id = "L2ResponderMode")]
+    #[arg(value_name = "VALUE", default_value = "tc", value_parser = choice::<ResponderMode>)]
     pub l2_responder_mode: ResponderMode,
     /// Gratuitous ARP / unsolicited NA sent per new entry (0 disables)
-    #[arg(long = "l2-gratuitous-count", id = "L2GratuitousCount", value_name = "NUMBER",
-        default_value = "3", value_parser = whole_number)]
+    #[arg(long = "l2-gratuitous-count", id = "L2GratuitousCount")]
+    #[arg(value_name = "NUMBER", default_value = "3", value_parser = whole_number)]
     pub l2_gratuitous_count: u32,
     /// Interval between the gratuitous announcements of one entry
-    #[arg(long = GRATUITOUS_INTERVAL, id = "L2GratuitousInterval", value_name = "DURATION",
-        default_value = "1s", value_parser = duration::parse)]
+    #[arg(long = GRATUITOUS_INTERVAL, id = "L2GratuitousInterval")]
+    #[arg(value_name = "DURATION", default_value = "1s", value_parser = duration::parse)]
     pub l2_gratuitous_interval: Duration,
     /// This node's Kubernetes name (default: $K8S_NODE_NAME, then the host name)
-    #[arg(long = NODE_NAME, id = "NodeName", value_name = "VALUE",
-        default_value = "", value_parser = text)]
+    #[arg(long = NODE_NAME, id = "NodeName")]
+    #[arg(value_name = "VALUE", default_value = "", value_parser = text)]
     pub node_name: String,
     /// Namespace of the agent and of its leases
-    #[arg(long = "k8s-namespace", id = "K8sNamespace", value_name = "VALUE",
-        default_value = "kube-system", value_parser = non_empty)]
+    #[arg(long = "k8s-namespace", id = "K8sNamespace")]
+    #[arg(value_name = "VALUE", default_value = "kube-system", value_parser = non_empty)]
     pub k8s_namespace: String,
     /// Kubeconfig file (default: in-cluster service account, then $KUBECONFIG)
-    #[arg(long = "k8s-kubeconfig-path", id = "K8sKubeconfigPath", value_name = "VALUE",
-        default_value = "", value_parser = optional_path)]
+    #[arg(long = "k8s-kubeconfig-path", id = "K8sKubeconfigPath")]
+    #[arg(value_name = "VALUE", default_value = "", value_parser = optional_path)]
     pub k8s_kubeconfig_path: ::std::option::Option<PathBuf>,
     /// Directory of the state database
-    #[arg(long = "state-dir", id = "StateDir", value_name = "VALUE",
-        default_value = "/var/lib/l2announcer", value_parser = non_empty_path)]
+    #[arg(long = "state-dir", id = "StateDir")]
+    #[arg(value_name = "VALUE", default_value = "/var/lib/l2announcer", value_parser = non_empty_path)]
     pub state_dir: PathBuf,
     /// bpffs directory where the datapath maps are pinned
-    #[arg(long = "bpf-root", id = "BpfRoot", value_name = "VALUE",
-        default_value = "/sys/fs/bpf/l2announcer", value_parser = non_empty_path)]
+    #[arg(long = "bpf-root", id = "BpfRoot")]
+    #[arg(value_name = "VALUE", default_value = "/sys/fs/bpf/l2announcer", value_parser = non_empty_path)]
     pub bpf_root: PathBuf,
     /// Address of /metrics, /healthz and /readyz (empty disables)
-    #[arg(long = "prometheus-serve-addr", id = "PrometheusServeAddr", value_name = "VALUE",
-        default_value = ":9972", value_parser = listen_address)]
+    #[arg(long = "prometheus-serve-addr", id = "PrometheusServeAddr")]
+    #[arg(value_name = "VALUE", default_value = ":9972", value_parser = listen_address)]
     pub prometheus_serve_addr: ::std::option::Option<SocketAddr>,
     /// Unix socket of the local API (used by `l2announcer statedb`)
-    #[arg(long = API_SOCKET, id = "APISocket", value_name = "VALUE",
-        default_value = DEFAULT_API_SOCKET, value_parser = non_empty_path)]
+    #[arg(long = API_SOCKET, id = "APISocket")]
+    #[arg(value_name = "VALUE", default_value = DEFAULT_API_SOCKET, value_parser = non_empty_path)]
     pub api_socket: PathBuf,
     /// Log format: text or json
-    #[arg(long = "log-format", id = "LogFormat", value_name = "VALUE",
-        default_value = "text", value_parser = choice::<LogFormat>)]
+    #[arg(long = "log-format", id = "LogFormat")]
+    #[arg(value_name = "VALUE", default_value = "text", value_parser = choice::<LogFormat>)]
     pub log_format: LogFormat,
     /// Log filter: error, warn, info, debug, trace or a tracing directive
-    #[arg(long = "log-level", id = "LogLevel", value_name = "VALUE",
-        default_value = "info", value_parser = log_filter)]
+    #[arg(long = "log-level", id = "LogLevel")]
+    #[arg(value_name = "VALUE", default_value = "info", value_parser = log_filter)]
     pub log_level: String,
     /// Effective value text and its source, per key, for `config --all`.
     #[arg(skip)]
@@ -267,6 +268,11 @@ pub fn option_keys() -> Vec<String> {
     longs(Options::augment_args(Command::new("options")))
 }
 
+/// A command holding only the arguments of [`Config`]'s fields.
+fn config_args() -> Command {
+    Config::augment_args(Command::new("options"))
+}
+
 fn longs(cmd: Command) -> Vec<String> {
     cmd.get_arguments()
         .filter_map(|a| a.get_long().map(str::to_string))
@@ -302,8 +308,7 @@ impl Args for Options {
 
 impl FromArgMatches for Options {
     fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
-        let cmd = Config::augment_args(Command::new("options"));
-        let effective = cmd
+        let effective = config_args()
             .get_arguments()
             .filter_map(|arg| {
                 let id = arg.get_id().as_str();
@@ -361,7 +366,11 @@ impl Options {
             // Flags and environment beat the config dir.
             let values: Vec<(String, String)> = read_config_dir(dir)?
                 .into_iter()
-                .filter(|(key, _)| effective.get(key).is_some_and(|e| e.source == Source::Default))
+                .filter(|(key, _)| {
+                    effective
+                        .get(key)
+                        .is_some_and(|e| e.source == Source::Default)
+                })
                 .collect();
             config
                 .update_from_arg_matches(&parse_config_dir(dir, &values)?)
@@ -396,7 +405,7 @@ fn read_config_dir(dir: &Path) -> Result<Vec<(String, String)>, ConfigError> {
     let unreadable = |e: std::io::Error| {
         ConfigError::new(CONFIG_DIR, format!("cannot read {}: {e}", dir.display()))
     };
-    let keys = longs(Config::augment_args(Command::new("options")));
+    let keys = longs(config_args());
     let mut values = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(unreadable)? {
         let name = entry.map_err(unreadable)?.file_name();
@@ -417,19 +426,19 @@ fn read_config_dir(dir: &Path) -> Result<Vec<(String, String)>, ConfigError> {
 /// command line of `--key=value`, without environment or defaults, so that
 /// only the keys given are set.
 fn parse_config_dir(dir: &Path, values: &[(String, String)]) -> Result<ArgMatches, ConfigError> {
-    let cmd = Config::augment_args(Command::new(CONFIG_DIR))
+    let cmd = config_args()
         .no_binary_name(true)
         .mut_args(|arg| shape(arg).default_value(None::<&'static str>));
     let argv = values.iter().map(|(key, value)| format!("--{key}={value}"));
-    cmd.clone().try_get_matches_from(argv).map_err(|e| {
-        match ConfigError::from_clap(&e, &cmd) {
+    cmd.clone()
+        .try_get_matches_from(argv)
+        .map_err(|e| match ConfigError::from_clap(&e, &cmd) {
             Some(mut refused) => {
                 refused.file = Some(dir.join(&refused.option));
                 refused
             }
             None => ConfigError::new(CONFIG_DIR, e.kind().to_string()),
-        }
-    })
+        })
 }
 
 impl Config {
@@ -751,9 +760,17 @@ mod tests {
             (&[("k8s-client-qps", "inf")], "k8s-client-qps", "positive"),
             (&[("k8s-client-qps", "many")], "k8s-client-qps", "number"),
             (&[("k8s-client-burst", "0")], "k8s-client-burst", "positive"),
-            (&[("k8s-client-burst", "-1")], "k8s-client-burst", "positive"),
+            (
+                &[("k8s-client-burst", "-1")],
+                "k8s-client-burst",
+                "positive",
+            ),
             (&[("devices", "eth/0")], "devices", "does not allow"),
-            (&[("devices", "e+th")], "devices", "only allowed once, at the end"),
+            (
+                &[("devices", "e+th")],
+                "devices",
+                "only allowed once, at the end",
+            ),
             (&[("devices", "averyveryverylongname")], "devices", "longer"),
             (
                 &[("enable-l2-announcements", "yes")],
@@ -761,8 +778,16 @@ mod tests {
                 "expected true or false, got \"yes\"",
             ),
             (&[(POD_ANNOUNCEMENTS, "true")], POD_INTERFACE, "must be set"),
-            (&[(LIVENESS_INTERVAL, "15s")], LIVENESS_INTERVAL, "less than"),
-            (&[(LIVENESS_INTERVAL, "0s")], LIVENESS_INTERVAL, "greater than 0"),
+            (
+                &[(LIVENESS_INTERVAL, "15s")],
+                LIVENESS_INTERVAL,
+                "less than",
+            ),
+            (
+                &[(LIVENESS_INTERVAL, "0s")],
+                LIVENESS_INTERVAL,
+                "greater than 0",
+            ),
             (
                 &[("prometheus-serve-addr", "nowhere")],
                 "prometheus-serve-addr",
@@ -779,12 +804,24 @@ mod tests {
                 "l2-responder-mode",
                 "expected tc or xdp, got \"ebpf\"",
             ),
-            (&[("l2-gratuitous-count", "-1")], "l2-gratuitous-count", "whole number"),
-            (&[(GRATUITOUS_INTERVAL, "0s")], GRATUITOUS_INTERVAL, "greater than 0"),
+            (
+                &[("l2-gratuitous-count", "-1")],
+                "l2-gratuitous-count",
+                "whole number",
+            ),
+            (
+                &[(GRATUITOUS_INTERVAL, "0s")],
+                GRATUITOUS_INTERVAL,
+                "greater than 0",
+            ),
             (&[("state-dir", "")], "state-dir", "must not be empty"),
             (&[("bpf-root", "")], "bpf-root", "must not be empty"),
             (&[(API_SOCKET, "")], API_SOCKET, "must not be empty"),
-            (&[("k8s-namespace", " ")], "k8s-namespace", "must not be empty"),
+            (
+                &[("k8s-namespace", " ")],
+                "k8s-namespace",
+                "must not be empty",
+            ),
         ];
         for (pairs, option, fragment) in cases {
             let e = match resolve(pairs) {
@@ -793,7 +830,10 @@ mod tests {
             };
             assert_eq!(e.option, *option, "{pairs:?} -> {e}");
             let line = e.to_string();
-            assert!(line.contains(fragment), "{pairs:?}: {line:?} lacks {fragment:?}");
+            assert!(
+                line.contains(fragment),
+                "{pairs:?}: {line:?} lacks {fragment:?}"
+            );
             assert!(line.starts_with(&format!("invalid option --{option}: ")));
             assert!(!line.contains('\n'), "one line: {line:?}");
             assert_eq!(e.file, None);
@@ -858,7 +898,10 @@ mod tests {
         assert_eq!(c.k8s_client_burst, 30);
         assert!(c.enable_l2_announcements);
         let burst = &c.effective["k8s-client-burst"];
-        assert_eq!((burst.value.as_str(), burst.source), ("30", Source::ConfigDir));
+        assert_eq!(
+            (burst.value.as_str(), burst.source),
+            ("30", Source::ConfigDir)
+        );
         // default
         assert_eq!(c.renew_deadline, Duration::from_secs(5));
         assert_eq!(c.effective[RENEW_DEADLINE].source, Source::Default);
@@ -900,7 +943,10 @@ mod tests {
 
     #[test]
     fn node_name_fallbacks() {
-        let c = options(&[]).expect("parse").resolve(Some("worker-1".into())).expect("valid");
+        let c = options(&[])
+            .expect("parse")
+            .resolve(Some("worker-1".into()))
+            .expect("valid");
         assert_eq!(c.node_name, "worker-1");
         assert_eq!(c.effective[NODE_NAME].value, "worker-1");
         assert_eq!(c.effective[NODE_NAME].source, Source::Default);
@@ -909,7 +955,10 @@ mod tests {
             .resolve(Some("worker-1".into()))
             .expect("valid");
         assert_eq!(c.node_name, "n2");
-        let e = options(&[]).expect("parse").resolve(None).expect_err("no name");
+        let e = options(&[])
+            .expect("parse")
+            .resolve(None)
+            .expect_err("no name");
         assert_eq!(e.option, NODE_NAME);
     }
 

@@ -250,7 +250,12 @@ fn config_local_shows_precedence() {
     };
     let dir_text = dir.path().to_str().expect("utf-8");
     let v = local(
-        &["--k8s-client-qps=9", "--k8s-client-burst=11", "--config-dir", dir_text],
+        &[
+            "--k8s-client-qps=9",
+            "--k8s-client-burst=11",
+            "--config-dir",
+            dir_text,
+        ],
         &[
             ("L2ANNOUNCER_L2_ANNOUNCEMENTS_LEASE_DURATION", "30s"),
             ("L2ANNOUNCER_K8S_CLIENT_BURST", "12"),
@@ -276,7 +281,10 @@ fn config_local_shows_precedence() {
         get(&v, "enable-l2-announcements"),
         pair("true", "config-dir")
     );
-    assert_eq!(v["enable-l2-announcements"]["field"], "EnableL2Announcements");
+    assert_eq!(
+        v["enable-l2-announcements"]["field"],
+        "EnableL2Announcements"
+    );
     assert_eq!(
         get(&v, "l2-announcements-retry-period"),
         pair("2s", "default")
@@ -288,7 +296,10 @@ fn config_local_shows_precedence() {
     assert_eq!(get(&v, "node-name"), pair("worker-1", "default"));
     let v = local(
         &[],
-        &[("K8S_NODE_NAME", "worker-1"), ("L2ANNOUNCER_NODE_NAME", "n2")],
+        &[
+            ("K8S_NODE_NAME", "worker-1"),
+            ("L2ANNOUNCER_NODE_NAME", "n2"),
+        ],
     );
     assert_eq!(get(&v, "node-name"), pair("n2", "env"));
     // Go's boolean syntax from the environment; values are trimmed.
