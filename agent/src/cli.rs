@@ -1,251 +1,223 @@
-//! The command line: clap definitions built from the option table in
-//! [`crate::config`], and the conversion of matches into [`RawInputs`].
+//! The command line: the subcommands and their arguments as clap derive
+//! types, the environment variable of every option, and how a refused
+//! command line is reported. The options themselves are
+//! [`crate::config::Config`]'s fields; this module does not resolve them.
 
-use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Arg, ArgAction, ArgMatches, Command, parser::ValueSource};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
-use crate::config::{self, Kind, OPTIONS, RawInputs};
+use crate::config::{self, API_SOCKET, ConfigError, DEFAULT_API_SOCKET, Options};
+
+/// Announces Kubernetes Service IPs on a layer-2 network (ARP/NDP from eBPF)
+#[derive(Debug, Parser)]
+#[command(name = "l2announcer", version, arg_required_else_help = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the agent
+    Run(Options),
+    /// Show a state table of the running agent (or of a stopped agent's --db)
+    Statedb(StatedbArgs),
+    /// Print the effective configuration of the running agent
+    Config(ConfigArgs),
+    /// Print a summary of the running agent
+    Status(StatusArgs),
+    /// Print the version
+    Version,
+}
+
+/// `l2announcer statedb <table> [-o table|json] [--watch] [--db PATH]`.
+#[derive(Debug, Args)]
+pub struct StatedbArgs {
+    /// devices, l2-announce, leases or policies
+    #[arg(value_name = "TABLE")]
+    pub table: String,
+    #[command(flatten)]
+    pub format: OutputFormat,
+    /// Keep printing changes
+    #[arg(short, long)]
+    pub watch: bool,
+    /// Read the database files of a stopped agent instead
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    #[command(flatten)]
+    pub socket: AgentSocket,
+}
+
+/// `l2announcer config [--all] [--local] [-o json] [options]`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Print every option, not only those that differ from the default
+    #[arg(long)]
+    pub all: bool,
+    /// Resolve the options given here (flags, env, --config-dir) instead of asking the agent
+    #[arg(long)]
+    pub local: bool,
+    #[command(flatten)]
+    pub format: OutputFormat,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+/// `l2announcer status [-o json]`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub format: OutputFormat,
+    #[command(flatten)]
+    pub socket: AgentSocket,
+}
 
 /// Output formats of the query commands.
-pub const OUTPUTS: [&str; 2] = ["table", "json"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
 
-fn option_args() -> Vec<Arg> {
-    let mut args: Vec<Arg> = OPTIONS
-        .iter()
-        .map(|spec| {
-            let help = format!(
-                "{} [default: {}] [env: {}]",
-                spec.help,
-                if spec.default.is_empty() {
-                    "\"\""
-                } else {
-                    spec.default
-                },
-                config::env_name(spec.key)
-            );
-            let arg = Arg::new(spec.key)
-                .long(spec.key)
-                .value_name(match spec.kind {
-                    Kind::Bool => "BOOL",
-                    Kind::Duration => "DURATION",
-                    Kind::Float | Kind::Int => "NUMBER",
-                    Kind::Text => "VALUE",
-                    Kind::List => "LIST",
-                })
-                .help(help)
-                .action(ArgAction::Set);
-            match spec.kind {
-                // `--enable-x` alone means true; `--enable-x=false` is explicit.
-                Kind::Bool => arg
-                    .num_args(0..=1)
-                    .require_equals(true)
-                    .default_missing_value("true"),
-                _ => arg.allow_hyphen_values(true),
+#[derive(Debug, Args)]
+pub struct OutputFormat {
+    /// Output format
+    #[arg(short, long, value_name = "FORMAT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+impl OutputFormat {
+    pub fn json(&self) -> bool {
+        self.output == Output::Json
+    }
+}
+
+/// Where the query commands find the running agent.
+#[derive(Debug, Args)]
+pub struct AgentSocket {
+    /// Unix socket of the running agent
+    #[arg(long = API_SOCKET, value_name = "PATH", default_value = DEFAULT_API_SOCKET,
+        value_parser = config::value::non_empty_path)]
+    pub api_socket: PathBuf,
+}
+
+/// The whole command tree: the derive types, with every option (wherever a
+/// subcommand takes it) given its environment variable and its shape.
+pub fn command() -> clap::Command {
+    let keys = config::option_keys();
+    Cli::command().mut_subcommands(|sub| {
+        sub.mut_args(|arg| match arg.get_long() {
+            Some(key) if keys.iter().any(|k| k == key) => {
+                let env = config::env_name(key);
+                config::shape(arg).env(env).hide_env_values(true)
             }
+            _ => arg,
         })
-        .collect();
-    args.push(
-        Arg::new(config::CONFIG_DIR)
-            .long(config::CONFIG_DIR)
-            .value_name("DIR")
-            .value_parser(clap::value_parser!(PathBuf))
-            .help(format!(
-                "Directory with one file per option key (a mounted ConfigMap) [env: {}]",
-                config::env_name(config::CONFIG_DIR)
-            )),
-    );
-    args
+    })
 }
 
-fn socket_arg() -> Arg {
-    Arg::new("api-socket")
-        .long("api-socket")
-        .value_name("PATH")
-        .help(format!(
-            "Unix socket of the running agent [default: {}] [env: {}]",
-            crate::config::OPTIONS
-                .iter()
-                .find(|o| o.key == "api-socket")
-                .map(|o| o.default)
-                .unwrap_or_default(),
-            config::env_name("api-socket")
-        ))
+/// Parses a command line (program name first).
+pub fn parse<I, T>(argv: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    Cli::from_arg_matches(&command().try_get_matches_from(argv)?)
 }
 
-fn output_arg() -> Arg {
-    Arg::new("output")
-        .short('o')
-        .long("output")
-        .value_name("FORMAT")
-        .value_parser(OUTPUTS)
-        .default_value("table")
-        .help("Output format")
-}
-
-/// The whole command tree.
-pub fn command() -> Command {
-    Command::new("l2announcer")
-        .about("Announces Kubernetes Service IPs on a layer-2 network (ARP/NDP from eBPF)")
-        .version(env!("CARGO_PKG_VERSION"))
-        .subcommand_required(true)
-        .arg_required_else_help(true)
-        .subcommand(
-            Command::new("run")
-                .about("Run the agent")
-                .args(option_args()),
-        )
-        .subcommand(
-            Command::new("statedb")
-                .about("Show a state table of the running agent (or of a stopped agent's --db)")
-                .arg(
-                    Arg::new("table")
-                        .required(true)
-                        .value_name("TABLE")
-                        .help("devices, l2-announce, leases or policies"),
-                )
-                .arg(output_arg())
-                .arg(
-                    Arg::new("watch")
-                        .short('w')
-                        .long("watch")
-                        .action(ArgAction::SetTrue)
-                        .help("Keep printing changes"),
-                )
-                .arg(
-                    Arg::new("db")
-                        .long("db")
-                        .value_name("PATH")
-                        .value_parser(clap::value_parser!(PathBuf))
-                        .help("Read the database files of a stopped agent instead"),
-                )
-                .arg(socket_arg()),
-        )
-        .subcommand(
-            Command::new("config")
-                .about("Print the effective configuration of the running agent")
-                .arg(
-                    Arg::new("all")
-                        .long("all")
-                        .action(ArgAction::SetTrue)
-                        .help("Print every option, not only those that differ from the default"),
-                )
-                .arg(
-                    Arg::new("local")
-                        .long("local")
-                        .action(ArgAction::SetTrue)
-                        .help("Resolve the options given here (flags, env, --config-dir) instead of asking the agent"),
-                )
-                .arg(output_arg())
-                .args(option_args()),
-        )
-        .subcommand(
-            Command::new("status")
-                .about("Print a summary of the running agent")
-                .arg(output_arg())
-                .arg(socket_arg()),
-        )
-        .subcommand(Command::new("version").about("Print the version"))
-}
-
-/// Collects flags given on the command line (not defaults) and the process
-/// environment into the inputs of [`config::Config::resolve`].
-pub fn raw_inputs(matches: &ArgMatches) -> RawInputs {
-    let mut flags = BTreeMap::new();
-    for spec in OPTIONS {
-        if matches.value_source(spec.key) == Some(ValueSource::CommandLine)
-            && let Some(v) = matches.get_one::<String>(spec.key)
-        {
-            flags.insert(spec.key.to_string(), v.clone());
+/// Reports a refused command line and returns the exit code: help and
+/// version are printed whole (0); a bad option value is one line naming the
+/// option and its rule, any other mistake the first line of clap's message
+/// (the usage text is one --help away), both 2.
+pub fn refuse(e: &clap::Error) -> u8 {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.exit_code() == 0 { 0 } else { 2 };
+    }
+    match ConfigError::from_clap(e, &command()) {
+        Some(refused) => eprintln!("{refused}"),
+        None => {
+            let rendered = e.render().to_string();
+            eprintln!("{}", rendered.lines().next().unwrap_or("invalid arguments"));
         }
     }
-    RawInputs {
-        flags,
-        env: std::env::vars().collect(),
-        config_dir: matches.get_one::<PathBuf>(config::CONFIG_DIR).cloned(),
-        host_name: host_name(),
-    }
-}
-
-/// The socket a query command talks to: flag, then env, then the default.
-pub fn api_socket(matches: &ArgMatches) -> PathBuf {
-    // `config` declares api-socket among the run options, `statedb` and
-    // `status` on its own; both hold it as a string.
-    if let Ok(Some(p)) = matches.try_get_one::<String>("api-socket") {
-        return PathBuf::from(p);
-    }
-    if let Ok(p) = std::env::var(config::env_name("api-socket"))
-        && !p.is_empty()
-    {
-        return PathBuf::from(p);
-    }
-    PathBuf::from(
-        OPTIONS
-            .iter()
-            .find(|o| o.key == "api-socket")
-            .map(|o| o.default)
-            .unwrap_or_default(),
-    )
-}
-
-fn host_name() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into a valid buffer.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
-    (!name.is_empty()).then_some(name)
+    2
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<ArgMatches, clap::Error> {
-        command().try_get_matches_from(args)
-    }
-
     #[test]
     fn command_is_well_formed() {
         command().debug_assert();
     }
 
+    fn run_options(args: &[&str]) -> Options {
+        let argv = ["l2announcer", "run"].iter().chain(args);
+        match parse(argv).expect("parse").command {
+            Command::Run(options) => options,
+            other => panic!("expected run, got {other:?}"),
+        }
+    }
+
     #[test]
     fn bool_flags_alone_mean_true() {
-        let m = parse(&["l2announcer", "run", "--enable-l2-announcements"]).expect("parse");
-        let (_, run) = m.subcommand().expect("run");
-        let raw = raw_inputs(run);
-        assert_eq!(raw.flags["enable-l2-announcements"], "true");
-        let m = parse(&["l2announcer", "run", "--enable-l2-announcements=false"]).expect("parse");
-        let (_, run) = m.subcommand().expect("run");
-        assert_eq!(raw_inputs(run).flags["enable-l2-announcements"], "false");
+        let c = run_options(&["--enable-l2-announcements"])
+            .resolve(Some("host-a".into()))
+            .expect("valid");
+        assert!(c.enable_l2_announcements);
+        assert_eq!(c.effective["enable-l2-announcements"].value, "true");
+        let c = run_options(&["--enable-l2-announcements=false"])
+            .resolve(Some("host-a".into()))
+            .expect("valid");
+        assert!(!c.enable_l2_announcements);
+        // A bool's value must be joined with `=`: a separate word is not it.
+        assert!(parse(["l2announcer", "run", "--enable-l2-announcements", "false"]).is_err());
     }
 
     #[test]
-    fn only_given_flags_are_collected() {
-        let m = parse(&[
-            "l2announcer",
-            "run",
-            "--l2-announcements-lease-duration",
-            "3s",
-            "--config-dir",
-            "/etc/l2",
-        ])
-        .expect("parse");
-        let (_, run) = m.subcommand().expect("run");
-        let raw = raw_inputs(run);
-        assert_eq!(raw.flags.len(), 1);
-        assert_eq!(raw.flags["l2-announcements-lease-duration"], "3s");
-        assert_eq!(raw.config_dir, Some(PathBuf::from("/etc/l2")));
+    fn values_may_start_with_a_hyphen() {
+        let e = parse(["l2announcer", "run", "--k8s-client-burst", "-2"]).expect_err("refused");
+        let refused = ConfigError::from_clap(&e, &command()).expect("an option's rule");
+        assert_eq!(refused.option, "k8s-client-burst");
     }
 
     #[test]
-    fn unknown_option_is_an_error() {
-        let e = parse(&["l2announcer", "run", "--no-such-thing"]).expect_err("unknown");
+    fn every_option_has_its_environment_variable() {
+        let cmd = command();
+        let run = cmd.find_subcommand("run").expect("run");
+        for arg in run.get_arguments().filter(|a| a.get_long().is_some()) {
+            let key = arg.get_long().expect("long");
+            if key == "help" {
+                continue;
+            }
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert_eq!(env, Some(config::env_name(key)), "{key}");
+        }
+        let statedb = cmd.find_subcommand("statedb").expect("statedb");
+        let socket = statedb
+            .get_arguments()
+            .find(|a| a.get_long() == Some(API_SOCKET))
+            .expect("socket");
+        assert_eq!(
+            socket.get_env().map(|e| e.to_string_lossy().into_owned()),
+            Some("L2ANNOUNCER_API_SOCKET".to_string())
+        );
+    }
+
+    #[test]
+    fn unknown_option_is_a_usage_error() {
+        let e = parse(["l2announcer", "run", "--no-such-thing"]).expect_err("unknown");
         assert_eq!(e.exit_code(), 2);
+        assert!(ConfigError::from_clap(&e, &command()).is_none());
     }
 }

@@ -2,24 +2,20 @@
 //! process exit code: 0 done, 1 the agent could not answer, 2 bad usage.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use clap::ArgMatches;
 use http_body_util::BodyExt;
 
 use crate::api::{ChangeEvent, ConfigDump, StatusDump, TableDump};
+use crate::cli::{ConfigArgs, StatedbArgs, StatusArgs};
 use crate::client::{self, ClientError};
-use crate::config::{self, Config};
-use crate::{cli, tables};
+use crate::config::{self, Source};
+use crate::tables;
 
 /// Exit codes of the query commands.
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
-
-fn json_output(matches: &ArgMatches) -> bool {
-    matches.get_one::<String>("output").map(String::as_str) == Some("json")
-}
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -33,11 +29,8 @@ fn fail(e: impl std::fmt::Display) -> u8 {
 }
 
 /// `l2announcer statedb <table> [-o table|json] [--watch] [--db PATH]`.
-pub fn statedb(matches: &ArgMatches) -> u8 {
-    let name = matches
-        .get_one::<String>("table")
-        .map(String::as_str)
-        .unwrap_or_default();
+pub fn statedb(args: &StatedbArgs) -> u8 {
+    let name = args.table.as_str();
     if !tables::is_known(name) {
         eprintln!(
             "l2announcer: unknown table {name:?}; known tables: {}",
@@ -45,25 +38,25 @@ pub fn statedb(matches: &ArgMatches) -> u8 {
         );
         return EXIT_USAGE;
     }
-    let json = json_output(matches);
-    let watch = matches.get_flag("watch");
-    if let Some(db_path) = matches.get_one::<PathBuf>("db") {
+    let json = args.format.json();
+    let watch = args.watch;
+    if let Some(db_path) = &args.db {
         if watch {
             eprintln!("l2announcer: --watch needs the running agent; it cannot be used with --db");
             return EXIT_USAGE;
         }
         return statedb_from_files(db_path, name, json);
     }
-    let socket = cli::api_socket(matches);
+    let socket = &args.socket.api_socket;
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(e),
     };
     rt.block_on(async {
         let result = if watch {
-            watch_remote(&socket, name, json).await
+            watch_remote(socket, name, json).await
         } else {
-            dump_remote(&socket, name, json).await
+            dump_remote(socket, name, json).await
         };
         match result {
             Ok(()) => EXIT_OK,
@@ -162,11 +155,11 @@ async fn watch_remote(socket: &Path, name: &str, json: bool) -> Result<(), Clien
 }
 
 /// `l2announcer config [--all] [--local] [-o json]`.
-pub fn config(matches: &ArgMatches) -> u8 {
-    let all = matches.get_flag("all");
-    let json = json_output(matches);
-    let effective = if matches.get_flag("local") {
-        match Config::resolve(&cli::raw_inputs(matches)) {
+pub fn config(args: ConfigArgs) -> u8 {
+    let all = args.all;
+    let json = args.format.json();
+    let effective = if args.local {
+        match args.options.resolve(config::node_name_fallback()) {
             Ok(c) => c.effective,
             Err(e) => {
                 eprintln!("{e}");
@@ -174,12 +167,11 @@ pub fn config(matches: &ArgMatches) -> u8 {
             }
         }
     } else {
-        let socket = cli::api_socket(matches);
         let rt = match runtime() {
             Ok(rt) => rt,
             Err(e) => return fail(e),
         };
-        let answer = rt.block_on(client::get_bytes(&socket, "/v1/config"));
+        let answer = rt.block_on(client::get_bytes(args.options.api_socket(), "/v1/config"));
         match answer.map(|b| serde_json::from_slice::<ConfigDump>(&b)) {
             Ok(Ok(dump)) => dump.effective,
             Ok(Err(e)) => return fail(format!("unreadable answer: {e}")),
@@ -188,7 +180,7 @@ pub fn config(matches: &ArgMatches) -> u8 {
     };
     let shown: std::collections::BTreeMap<_, _> = effective
         .into_iter()
-        .filter(|(_, v)| all || v.source != "default")
+        .filter(|(_, v)| all || v.source != Source::Default)
         .collect();
     if json {
         match serde_json::to_string_pretty(&shown) {
@@ -196,27 +188,27 @@ pub fn config(matches: &ArgMatches) -> u8 {
             Err(e) => return fail(e),
         }
     } else {
-        print!("{}", config::render_effective(&shown, false));
+        print!("{}", config::render_effective(&shown));
     }
     EXIT_OK
 }
 
 /// `l2announcer status [-o json]`.
-pub fn status(matches: &ArgMatches) -> u8 {
-    let socket = cli::api_socket(matches);
+pub fn status(args: &StatusArgs) -> u8 {
+    let socket = &args.socket.api_socket;
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(e),
     };
     let status = match rt
-        .block_on(client::get_bytes(&socket, "/v1/status"))
+        .block_on(client::get_bytes(socket, "/v1/status"))
         .map(|b| serde_json::from_slice::<StatusDump>(&b))
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return fail(format!("unreadable answer: {e}")),
         Err(e) => return fail(e),
     };
-    if json_output(matches) {
+    if args.format.json() {
         match serde_json::to_string_pretty(&status) {
             Ok(t) => println!("{t}"),
             Err(e) => return fail(e),

@@ -3,38 +3,20 @@
 
 use std::process::ExitCode;
 
-use l2announcer::{cli, commands, config::Config, run};
+use l2announcer::cli::{self, Command};
+use l2announcer::{commands, config, run};
 
 fn main() -> ExitCode {
-    let matches = match cli::command().try_get_matches() {
-        Ok(m) => m,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
-                let _ = e.print();
-                return ExitCode::from(if e.exit_code() == 0 { 0 } else { 2 });
-            }
-            // One line naming the problem; the usage text is one --help away.
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("{first}");
-            return ExitCode::from(2);
-        }
+    let cli = match cli::parse(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => return ExitCode::from(cli::refuse(&e)),
     };
-    let Some((name, sub)) = matches.subcommand() else {
-        return ExitCode::from(2);
-    };
-    match name {
-        "version" => {
+    match cli.command {
+        Command::Version => {
             println!("l2announcer {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        "run" => match Config::resolve(&cli::raw_inputs(sub)) {
+        Command::Run(options) => match options.resolve(config::node_name_fallback()) {
             Ok(config) => {
                 run::init_logging(&config);
                 match run::run(config) {
@@ -48,12 +30,11 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{e}");
-                ExitCode::from(2)
+                ExitCode::from(commands::EXIT_USAGE)
             }
         },
-        "statedb" => ExitCode::from(commands::statedb(sub)),
-        "config" => ExitCode::from(commands::config(sub)),
-        "status" => ExitCode::from(commands::status(sub)),
-        _ => ExitCode::from(2),
+        Command::Statedb(args) => ExitCode::from(commands::statedb(&args)),
+        Command::Config(args) => ExitCode::from(commands::config(args)),
+        Command::Status(args) => ExitCode::from(commands::status(&args)),
     }
 }

@@ -1,6 +1,6 @@
 //! The agent's state tables by name, for the local API and `statedb --db`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use actors::tables::{DEVICES, L2_ANNOUNCE, LEASES, POLICIES};
@@ -14,11 +14,6 @@ pub use actors::tables::NAMES;
 /// is still exiting (a restart right after SIGKILL).
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn is_lock_error(e: &statedb::Error) -> bool {
-    let text = e.to_string();
-    text.contains("could not acquire lock") || text.contains("WouldBlock")
-}
-
 /// Opens (creating when new) the database and every table in it, waiting
 /// briefly for a lock still held by an exiting agent.
 pub fn open(path: &Path) -> Result<Db, statedb::Error> {
@@ -26,7 +21,7 @@ pub fn open(path: &Path) -> Result<Db, statedb::Error> {
     let db = loop {
         match Db::open(path) {
             Ok(db) => break db,
-            Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+            Err(statedb::Error::Locked { .. }) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(e) => return Err(e),
@@ -36,25 +31,37 @@ pub fn open(path: &Path) -> Result<Db, statedb::Error> {
     Ok(db)
 }
 
-/// Opens without waiting: for `statedb --db` next to a live agent.
-fn open_now(path: &Path) -> Result<Db, statedb::Error> {
-    let db = Db::open(path)?;
-    register(&db)?;
-    Ok(db)
+/// Why `statedb --db` could not open a stopped agent's files.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "the database at {} is in use by a running agent; query the agent instead (without --db)",
+        path.display()
+    )]
+    InUse { path: PathBuf },
+    #[error("cannot open the database at {}: {source}", path.display())]
+    Other {
+        path: PathBuf,
+        source: statedb::Error,
+    },
 }
 
-/// Opens the files of a stopped agent; fails if an agent holds them.
-pub fn open_existing(path: &Path) -> Result<Db, String> {
-    open_now(path).map_err(|e| {
-        let text = e.to_string();
-        if is_lock_error(&e) {
-            format!(
-                "the database at {} is in use by a running agent; query the agent instead (without --db): {text}",
-                path.display()
-            )
-        } else {
-            format!("cannot open the database at {}: {text}", path.display())
-        }
+/// Opens the files of a stopped agent without waiting; fails if an agent
+/// holds them.
+pub fn open_existing(path: &Path) -> Result<Db, OpenError> {
+    let open = || -> Result<Db, statedb::Error> {
+        let db = Db::open(path)?;
+        register(&db)?;
+        Ok(db)
+    };
+    open().map_err(|e| match e {
+        statedb::Error::Locked { .. } => OpenError::InUse {
+            path: path.to_path_buf(),
+        },
+        source => OpenError::Other {
+            path: path.to_path_buf(),
+            source,
+        },
     })
 }
 

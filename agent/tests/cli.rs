@@ -172,25 +172,66 @@ fn bad_options_exit_2_with_one_line_naming_the_option() {
     }
 }
 
+/// `l2announcer ARGS` with only the environment given (nothing inherited).
+fn with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("run l2announcer")
+}
+
+fn one_line_exit_2(o: &Output) -> String {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
+    err.trim_end().to_string()
+}
+
 #[test]
 fn bad_value_from_env_and_config_dir_is_refused_too() {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("k8s-client-burst"), "0").expect("write");
+    let burst = dir.path().join("k8s-client-burst");
+    std::fs::write(&burst, "0\n").expect("write");
     let o = Command::new(BIN)
         .args(["run", "--config-dir"])
         .arg(dir.path())
         .output()
         .expect("run");
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("--k8s-client-burst"), "{}", stderr(&o));
+    assert_eq!(
+        one_line_exit_2(&o),
+        format!(
+            "invalid option --k8s-client-burst: must be positive (got 0) (from {})",
+            burst.display()
+        )
+    );
+    // The config dir itself from the environment.
+    let dir_text = dir.path().to_str().expect("utf-8");
+    let o = with_env(&["run"], &[("L2ANNOUNCER_CONFIG_DIR", dir_text)]);
+    assert!(one_line_exit_2(&o).contains("--k8s-client-burst"));
 
-    let o = Command::new(BIN)
-        .args(["run"])
-        .env("L2ANNOUNCER_L2_ANNOUNCEMENTS_LEASE_DURATION", "soon")
-        .output()
-        .expect("run");
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("--l2-announcements-lease-duration"));
+    let o = with_env(
+        &["run"],
+        &[("L2ANNOUNCER_L2_ANNOUNCEMENTS_LEASE_DURATION", "soon")],
+    );
+    assert_eq!(
+        one_line_exit_2(&o),
+        "invalid option --l2-announcements-lease-duration: invalid duration \"soon\": expected a number with a unit, e.g. 15s or 200ms"
+    );
+    // A rule between options, with the value from the environment.
+    let o = with_env(
+        &["run"],
+        &[("L2ANNOUNCER_L2_ANNOUNCEMENTS_LEASE_DURATION", "5s")],
+    );
+    assert_eq!(
+        one_line_exit_2(&o),
+        "invalid option --l2-announcements-lease-duration: must be greater than --l2-announcements-renew-deadline (5s <= 5s)"
+    );
+    let o = with_env(&["run"], &[("L2ANNOUNCER_ENABLE_L2_ANNOUNCEMENTS", "yes")]);
+    assert!(one_line_exit_2(&o).starts_with("invalid option --enable-l2-announcements: "));
+    let o = with_env(&["status"], &[("L2ANNOUNCER_API_SOCKET", "")]);
+    assert!(one_line_exit_2(&o).starts_with("invalid option --api-socket: "));
 }
 
 #[test]
@@ -199,32 +240,89 @@ fn config_local_shows_precedence() {
     std::fs::write(dir.path().join("l2-announcements-lease-duration"), "20s").expect("write");
     std::fs::write(dir.path().join("enable-l2-announcements"), "true").expect("write");
     std::fs::write(dir.path().join("k8s-client-qps"), "7").expect("write");
-    let o = Command::new(BIN)
-        .args([
-            "config",
-            "--local",
-            "--all",
-            "-o",
-            "json",
+    std::fs::write(dir.path().join("k8s-client-burst"), "8").expect("write");
+    std::fs::write(dir.path().join("kube-proxy-replacement"), "true").expect("write");
+    let local = |args: &[&str], env: &[(&str, &str)]| {
+        let mut full = vec!["config", "--local", "--all", "-o", "json"];
+        full.extend(args);
+        let o = with_env(&full, env);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        v
+    };
+    let dir_text = dir.path().to_str().expect("utf-8");
+    let v = local(
+        &[
             "--k8s-client-qps=9",
+            "--k8s-client-burst=11",
             "--config-dir",
-        ])
-        .arg(dir.path())
-        .env("L2ANNOUNCER_L2_ANNOUNCEMENTS_LEASE_DURATION", "30s")
-        .output()
-        .expect("config");
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    let get = |k: &str| {
+            dir_text,
+        ],
+        &[
+            ("L2ANNOUNCER_L2_ANNOUNCEMENTS_LEASE_DURATION", "30s"),
+            ("L2ANNOUNCER_K8S_CLIENT_BURST", "12"),
+        ],
+    );
+    let get = |v: &serde_json::Value, k: &str| {
         (
-            v[k]["value"].as_str().unwrap_or(""),
-            v[k]["source"].as_str().unwrap_or(""),
+            v[k]["value"].as_str().unwrap_or("").to_string(),
+            v[k]["source"].as_str().unwrap_or("").to_string(),
         )
     };
-    assert_eq!(get("k8s-client-qps"), ("9", "flag"));
-    assert_eq!(get("l2-announcements-lease-duration"), ("30s", "env"));
-    assert_eq!(get("enable-l2-announcements"), ("true", "config-dir"));
-    assert_eq!(get("l2-announcements-retry-period"), ("2s", "default"));
+    let pair = |value: &str, source: &str| (value.to_string(), source.to_string());
+    // flag beats env and config dir
+    assert_eq!(get(&v, "k8s-client-qps"), pair("9", "flag"));
+    assert_eq!(get(&v, "k8s-client-burst"), pair("11", "flag"));
+    // env beats config dir
+    assert_eq!(
+        get(&v, "l2-announcements-lease-duration"),
+        pair("30s", "env")
+    );
+    // config dir beats default
+    assert_eq!(
+        get(&v, "enable-l2-announcements"),
+        pair("true", "config-dir")
+    );
+    assert_eq!(
+        v["enable-l2-announcements"]["field"],
+        "EnableL2Announcements"
+    );
+    assert_eq!(
+        get(&v, "l2-announcements-retry-period"),
+        pair("2s", "default")
+    );
+    assert!(v.get("kube-proxy-replacement").is_none());
+
+    // The node name: flag or L2ANNOUNCER_NODE_NAME, then K8S_NODE_NAME.
+    let v = local(&[], &[("K8S_NODE_NAME", "worker-1")]);
+    assert_eq!(get(&v, "node-name"), pair("worker-1", "default"));
+    let v = local(
+        &[],
+        &[
+            ("K8S_NODE_NAME", "worker-1"),
+            ("L2ANNOUNCER_NODE_NAME", "n2"),
+        ],
+    );
+    assert_eq!(get(&v, "node-name"), pair("n2", "env"));
+    // Go's boolean syntax from the environment; values are trimmed.
+    let v = local(
+        &[],
+        &[
+            ("L2ANNOUNCER_ENABLE_EXTERNAL_IPS", "T"),
+            ("L2ANNOUNCER_K8S_CLIENT_QPS", " 3 "),
+        ],
+    );
+    assert_eq!(get(&v, "enable-external-ips"), pair("T", "env"));
+    assert_eq!(get(&v, "k8s-client-qps"), pair("3", "env"));
+
+    // Without --all, only what differs from the default; table output
+    // uses Cilium's field names.
+    let o = with_env(
+        &["config", "--local", "--k8s-client-burst", "12"],
+        &[("L2ANNOUNCER_NODE_NAME", "n1")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "K8sClientBurst : 12\nNodeName       : n1\n");
 }
 
 #[test]

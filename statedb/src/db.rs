@@ -17,6 +17,7 @@
 //! readers never see a half-applied commit (a read/commit gate).
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, TryLockError};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,10 @@ pub(crate) const GRAVES: usize = 2;
 pub(crate) const FIRST_INDEX: usize = 3;
 
 const META_TREE: &str = "statedb/meta";
+
+/// The file in the database directory whose exclusive lock marks the
+/// database as open, so that a second opener gets [`Error::Locked`].
+const LOCK_FILE: &str = "statedb.lock";
 
 /// How far a commit is on disk when [`WriteTxn::commit`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,6 +72,9 @@ pub(crate) struct DbInner {
     /// while sled applies it, so no read sees half a commit.
     gate: RwLock<()>,
     tables: Mutex<BTreeMap<String, OpenTable>>,
+    /// Holds the exclusive lock of [`LOCK_FILE`] while the database is
+    /// open (none for a temporary database).
+    _lock: Option<File>,
 }
 
 struct OpenTable {
@@ -82,6 +90,29 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// Creates the database directory if needed and takes the exclusive lock
+/// of its [`LOCK_FILE`]; the lock lasts as long as the returned file.
+fn lock(dir: &Path) -> Result<File, Error> {
+    let io = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(Error::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(source)) => Err(io(source)),
+    }
+}
+
 impl Db {
     /// Opens (or creates) the database in directory `path`, flushing on
     /// every commit. sled allows one process per database directory.
@@ -90,11 +121,14 @@ impl Db {
     }
 
     /// Opens (or creates) the database in `path` with the given durability.
+    /// Fails with [`Error::Locked`] while another handle has it open.
     pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Db, Error> {
+        let path = path.as_ref();
+        let lock = lock(path)?;
         let config = sled::Config::new()
-            .path(path.as_ref())
+            .path(path)
             .cache_capacity(64 * 1024 * 1024);
-        Db::from_config(config, durability)
+        Db::from_config(config, durability, Some(lock))
     }
 
     /// A database in a temporary directory, removed when the last clone is
@@ -103,10 +137,14 @@ impl Db {
         let config = sled::Config::new()
             .temporary(true)
             .cache_capacity(16 * 1024 * 1024);
-        Db::from_config(config, Durability::Background)
+        Db::from_config(config, Durability::Background, None)
     }
 
-    fn from_config(config: sled::Config, durability: Durability) -> Result<Db, Error> {
+    fn from_config(
+        config: sled::Config,
+        durability: Durability,
+        lock: Option<File>,
+    ) -> Result<Db, Error> {
         let sled = config.open()?;
         let meta = sled.open_tree(META_TREE)?;
         tracing::debug!(?durability, "statedb opened");
@@ -118,6 +156,7 @@ impl Db {
                 write_lock: Mutex::new(()),
                 gate: RwLock::new(()),
                 tables: Mutex::new(BTreeMap::new()),
+                _lock: lock,
             }),
         })
     }

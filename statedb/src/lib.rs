@@ -107,6 +107,15 @@ pub use table::{Change, Changes, Entry, Index, Revision, Row, Table, TableDef};
 pub enum Error {
     #[error("statedb storage: {0}")]
     Storage(#[from] sled::Error),
+    /// Another handle (in this process or another) has the database open.
+    #[error("statedb at {} is in use by another process", path.display())]
+    Locked { path: std::path::PathBuf },
+    #[error("statedb at {}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("table {table}: encoding a row: {source}")]
     Encoding {
         table: String,

@@ -422,6 +422,21 @@ fn reopening_restores_rows_and_revisions() {
 }
 
 #[test]
+fn an_open_database_is_locked_until_its_last_handle_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let clone = db.clone();
+    match Db::open(dir.path()) {
+        Err(Error::Locked { path }) => assert_eq!(path, dir.path()),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    drop(db);
+    assert!(matches!(Db::open(dir.path()), Err(Error::Locked { .. })));
+    drop(clone);
+    Db::open(dir.path()).unwrap();
+}
+
+#[test]
 fn opening_a_table_twice_shares_it_and_checks_the_layout() {
     let (db, t) = setup();
     let again = Table::open(&db, SVCS).unwrap();
