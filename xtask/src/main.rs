@@ -4,12 +4,16 @@
 //!   runs `cargo fmt --check`, `cargo clippy -D warnings` and every test.
 //! * `lab`   — the virtual LAN demo (see the README).
 //! * `bench` — benchmarks, printed as ratios against a baseline of the same run.
+//! * `image` — the agent's OCI image, built with buildah and checked with
+//!   podman (`image.rs`).
 //! * `setup` — only the package installation step of `test`.
 //!
 //! It is plain std on purpose: it must build before anything else works.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+mod image;
 
 /// A command the tests need, the Debian package that provides it.
 const REQUIRED: &[(&str, &str)] = &[
@@ -21,6 +25,10 @@ const REQUIRED: &[(&str, &str)] = &[
     ("ndisc6", "ndisc6"),
     ("promtool", "prometheus"),
     ("prometheus", "prometheus"),
+    // `cargo xtask image`: build the image, run it (runc: see image.rs).
+    ("buildah", "buildah"),
+    ("podman", "podman"),
+    ("runc", "runc"),
 ];
 
 /// Header files the eBPF build needs, and their Debian package.
@@ -36,14 +44,16 @@ fn main() -> ExitCode {
         Some("setup") => setup(),
         Some("lab") => setup().and_then(|()| lab(&args[1..])),
         Some("bench") => bench(&args[1..]),
+        Some("image") => setup().and_then(|()| image::image(&args[1..])),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|setup|lab|bench> [args]\n  \
+                "usage: cargo xtask <test|setup|lab|bench|image> [args]\n  \
                  test [-- cargo test args]   install what is missing, fmt, clippy, all tests\n  \
                  setup                      install the system packages only\n  \
                  lab [up|down|kill NODE [--signal SIG]|start NODE|exec NODE -- CMD]\n  \
                                             the virtual LAN demo and its pieces\n  \
-                 bench [statedb|datapath]   benchmarks"
+                 bench [statedb|datapath]   benchmarks\n  \
+                 image [--tag TAG]          build the OCI image into target/image/ and test it"
             );
             return ExitCode::from(2);
         }
@@ -65,6 +75,13 @@ fn workspace_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR` or `target/`).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn on_path(cmd: &str) -> bool {
@@ -191,10 +208,7 @@ fn test(extra: &[String]) -> Result {
 /// the arguments (none: the full demo). Needs root (namespaces, eBPF).
 fn lab(args: &[String]) -> Result {
     run(cargo().args(["build", "-p", "l2announcer", "-p", "integration", "--bins"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let status = Command::new(target.join("debug").join("lab"))
+    let status = Command::new(target_dir().join("debug").join("lab"))
         .args(args)
         .current_dir(workspace_root())
         .status()
