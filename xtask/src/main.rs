@@ -172,9 +172,29 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// cargo, in the workspace, without the variables `cargo run` set for
+/// xtask itself (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...): build scripts that
+/// watch them (ring's) would otherwise see them change between `cargo xtask`
+/// and a plain cargo command, and rebuild half the tree each time.
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace_root());
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                key.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            c.env_remove(key.as_ref());
+        }
+    }
     c
 }
 
