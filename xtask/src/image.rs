@@ -1,6 +1,7 @@
-//! `cargo xtask image [--tag TAG]`: builds the agent's OCI image on this
-//! machine from the release binary, with buildah and no registry, and tests
-//! it with podman.
+//! `cargo xtask image [--tag TAG] [--debug]`: builds the agent's OCI image
+//! on this machine from the release binary, with buildah and no registry,
+//! and tests it with podman. `--debug` packages the debug binary instead,
+//! for the same checks without a release build (`cargo xtask test` does).
 //!
 //! The image is `FROM scratch` plus the root file system that
 //! `deploy/image/rootfs.sh` lays out: `/l2announcer` and exactly the shared
@@ -63,24 +64,47 @@ fn labels(version: &str, revision: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// `--tag TAG`: the tag to give the image (default: the workspace version).
-fn parse_tag(args: &[String]) -> Result<String> {
-    let mut tag = VERSION.to_string();
+const USAGE: &str = "usage: cargo xtask image [--tag TAG] [--debug]";
+
+/// What `cargo xtask image` was asked for.
+#[derive(Debug, PartialEq)]
+struct Options {
+    /// The image's tag (default: the workspace version; `VERSION-debug`
+    /// with `--debug`).
+    tag: String,
+    /// `--debug`: package `target/debug/l2announcer` as the last cargo
+    /// build or test left it (built only when missing) instead of a release
+    /// build. Every check runs the same; `cargo xtask test` uses it, as the
+    /// tests have just built that binary and a release build costs minutes.
+    debug: bool,
+}
+
+fn parse_args(args: &[String]) -> Result<Options> {
+    let mut tag = None;
+    let mut debug = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         if let Some(value) = arg.strip_prefix("--tag=") {
-            tag = value.to_string();
+            tag = Some(value.to_string());
         } else if arg == "--tag" {
-            tag = rest
-                .next()
-                .ok_or("--tag needs a value (cargo xtask image --tag TAG)")?
-                .clone();
+            tag = Some(
+                rest.next()
+                    .ok_or_else(|| format!("--tag needs a value; {USAGE}"))?
+                    .clone(),
+            );
+        } else if arg == "--debug" {
+            debug = true;
         } else {
-            return Err(format!(
-                "unknown argument {arg:?}; usage: cargo xtask image [--tag TAG]"
-            ));
+            return Err(format!("unknown argument {arg:?}; {USAGE}"));
         }
     }
+    let tag = tag.unwrap_or_else(|| {
+        if debug {
+            format!("{VERSION}-debug")
+        } else {
+            VERSION.to_string()
+        }
+    });
     // The OCI distribution spec's tag grammar: [A-Za-z0-9_][A-Za-z0-9._-]{0,127}.
     let valid = !tag.is_empty()
         && tag.len() <= 128
@@ -88,7 +112,7 @@ fn parse_tag(args: &[String]) -> Result<String> {
             b.is_ascii_alphanumeric() || b == b'_' || (i > 0 && (b == b'.' || b == b'-'))
         });
     if valid {
-        Ok(tag)
+        Ok(Options { tag, debug })
     } else {
         Err(format!(
             "invalid tag {tag:?}: letters, digits, '_', '.' and '-', not starting with '.' or '-', at most 128"
@@ -98,7 +122,7 @@ fn parse_tag(args: &[String]) -> Result<String> {
 
 /// Builds, writes and checks the image. See the module comment.
 pub fn image(args: &[String]) -> Result {
-    let tag = parse_tag(args)?;
+    let Options { tag, debug } = parse_args(args)?;
     let mut timings = Timings::start();
     let out_dir = target_dir().join("image");
     let archive = out_dir.join(format!("{NAME}-{tag}.tar"));
@@ -110,9 +134,21 @@ pub fn image(args: &[String]) -> Result {
         ));
     }
 
-    run(cargo().args(["build", "--release", "-p", "l2announcer", "--locked"]))?;
-    timings.step("cargo build --release -p l2announcer");
-    let binary = target_dir().join("release").join(NAME);
+    let binary = target_dir()
+        .join(if debug { "debug" } else { "release" })
+        .join(NAME);
+    if !debug {
+        run(cargo().args(["build", "--release", "-p", "l2announcer", "--locked"]))?;
+    } else if !binary.exists() {
+        // Only when missing: after `cargo test --workspace` a build of this
+        // package alone would unify features differently and rebuild.
+        run(cargo().args(["build", "-p", "l2announcer", "--locked"]))?;
+    }
+    timings.step(if debug {
+        "cargo build -p l2announcer (when missing)"
+    } else {
+        "cargo build --release -p l2announcer"
+    });
 
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let rootfs = out_dir.join("rootfs");
@@ -134,7 +170,7 @@ pub fn image(args: &[String]) -> Result {
     check(&check_store, &archive, &binary)?;
     check_store.remove()?;
     timings.step("podman: load the archive, run, list, inspect");
-    check_deploy(&tag)?;
+    check_deploy(&tag, debug)?;
     timings.step("deploy/: kubectl kustomize");
 
     let size = std::fs::metadata(&archive)
@@ -423,7 +459,7 @@ fn check(store: &Store, archive: &Path, binary: &Path) -> Result {
 
 /// The rendered DaemonSet names the image at the workspace version. With
 /// another `--tag`, says how to point the DaemonSet at it instead.
-fn check_deploy(tag: &str) -> Result {
+fn check_deploy(tag: &str, debug: bool) -> Result {
     let rendered = output(
         Command::new("kubectl")
             .arg("kustomize")
@@ -448,6 +484,11 @@ fn check_deploy(tag: &str) -> Result {
     }
     if tag == VERSION {
         eprintln!("xtask: deploy/ runs {expected}, the image built");
+    } else if debug {
+        eprintln!(
+            "xtask: deploy/ runs {expected}, which `cargo xtask image` builds; \
+             {NAME}:{tag} (debug build) is for these checks"
+        );
     } else {
         eprintln!(
             "xtask: deploy/ runs {expected}; for the tag {tag} built here set \
@@ -1024,18 +1065,29 @@ mod tests {
 
     #[test]
     fn tags_default_to_the_workspace_version_and_are_checked() {
-        assert_eq!(parse_tag(&[]).unwrap(), VERSION);
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let tag = |a: &[&str]| parse_args(&args(a)).map(|o| o.tag);
         assert_eq!(
-            parse_tag(&args(&["--tag", "v1.2_rc-3"])).unwrap(),
-            "v1.2_rc-3"
+            parse_args(&[]).unwrap(),
+            Options {
+                tag: VERSION.to_string(),
+                debug: false
+            }
         );
-        assert_eq!(parse_tag(&args(&["--tag=dev"])).unwrap(), "dev");
+        assert_eq!(
+            parse_args(&args(&["--debug"])).unwrap(),
+            Options {
+                tag: format!("{VERSION}-debug"),
+                debug: true
+            }
+        );
+        assert_eq!(tag(&["--tag", "v1.2_rc-3"]).unwrap(), "v1.2_rc-3");
+        assert_eq!(tag(&["--tag=dev", "--debug"]).unwrap(), "dev");
         for bad in ["", "-x", ".x", "a:b", "a/b"] {
-            assert!(parse_tag(&args(&["--tag", bad])).is_err(), "{bad:?}");
+            assert!(tag(&["--tag", bad]).is_err(), "{bad:?}");
         }
-        assert!(parse_tag(&args(&["--tag"])).is_err());
-        assert!(parse_tag(&args(&["--push"])).is_err());
+        assert!(tag(&["--tag"]).is_err());
+        assert!(tag(&["--push"]).is_err());
     }
 
     #[test]
