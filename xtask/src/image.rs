@@ -13,9 +13,11 @@
 //! configuration carries the entrypoint and the labels, and the DaemonSet in
 //! `deploy/` names the image at the workspace version.
 //!
-//! buildah and podman use a private storage under `target/image/` (never
-//! `/var/lib/containers`) with the `vfs` driver, which works on any file
-//! system, inside containers too; the image is a few megabytes.
+//! buildah and podman use a private storage under `target/image/` (not the
+//! system's `/var/lib/containers/storage`; they still update their blob-info
+//! cache in `/var/lib/containers/cache`, which no flag moves) with the `vfs`
+//! driver, which works on any file system, inside containers too; the image
+//! is a few megabytes.
 //!
 //! This is not the Dockerfile build (`deploy/image/Dockerfile`, for users
 //! with a container engine): both lay out the image with the same script and
