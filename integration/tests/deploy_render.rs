@@ -276,6 +276,52 @@ fn daemonset_security_probes_and_volumes() {
     );
 }
 
+/// The rendered DaemonSet runs the image `cargo xtask image` builds: the
+/// name `l2announcer` at the workspace version, as daemonset.yaml itself and
+/// kustomization.yaml's `images:` both say (an overlay's `images:` points it
+/// at a registry).
+#[test]
+fn daemonset_image_is_the_workspace_version() {
+    let expected = format!("l2announcer:{}", env!("CARGO_PKG_VERSION"));
+    let docs = render();
+    let ds = one(&docs, "DaemonSet");
+    let images: Vec<&str> = ds["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|c| c["image"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(images, [expected.as_str()]);
+    assert!(
+        ds["spec"]["template"]["spec"]["initContainers"].is_null(),
+        "no other image"
+    );
+
+    let raw: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo_root().join("deploy/daemonset.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        raw["spec"]["template"]["spec"]["containers"][0]["image"].as_str(),
+        Some(expected.as_str()),
+        "deploy/daemonset.yaml"
+    );
+    let kustomization: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo_root().join("deploy/kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
+    let entries = kustomization["images"].as_sequence().unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["name"].as_str(), Some("l2announcer"));
+    // The base names no registry; overlays add newName.
+    assert!(entries[0]["newName"].is_null(), "{entries:?}");
+    assert_eq!(
+        entries[0]["newTag"].as_str(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "deploy/kustomization.yaml newTag (a string)"
+    );
+}
+
 /// Every (API group, resource, verb) the agent is allowed, with why. A rule
 /// granting anything else fails the test; so does a grant listed here that
 /// no rule gives (the list and the roles must agree).
