@@ -1,11 +1,17 @@
 //! integration: the lab (network namespaces as nodes on a bridge), the test
-//! Kubernetes API server, probes, end-to-end tests and benchmarks.
+//! Kubernetes API server, probes, end-to-end tests and
+//! benchmarks.
 pub mod apiserver;
 pub mod controlplane;
 pub mod datapath_lab;
+pub mod http;
 pub mod lab;
+pub mod mac;
 pub mod netns;
+pub mod ns_probe;
 pub mod pcap;
+pub mod poll;
 pub mod probe;
 pub mod prom;
 pub mod rbac;
+pub mod resolvers;
