@@ -1,7 +1,8 @@
 //! integration: the lab (network namespaces as nodes on a bridge), the test
-//! Kubernetes API server, probes, end-to-end tests and
+//! Kubernetes API server, probes, end-to-end tests, the chaos suite and
 //! benchmarks.
 pub mod apiserver;
+pub mod chaos;
 pub mod controlplane;
 pub mod datapath_lab;
 pub mod http;

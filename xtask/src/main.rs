@@ -3,6 +3,8 @@
 //! * `test`  — installs the system packages the tests need (when missing), then
 //!   runs `cargo fmt --check`, `cargo clippy -D warnings` and every test.
 //! * `lab`   — the virtual LAN demo (see the README).
+//! * `chaos` — the chaos suite's long profile in a lab (`--minutes N`,
+//!   default 30; `--seed S`); its short profile runs in `test`.
 //! * `bench` — benchmarks, printed as ratios against a baseline of the same run.
 //! * `setup` — only the package installation step of `test`.
 //!
@@ -35,14 +37,17 @@ fn main() -> ExitCode {
         Some("test") => setup().and_then(|()| test(&args[1..])),
         Some("setup") => setup(),
         Some("lab") => setup().and_then(|()| lab(&args[1..])),
+        Some("chaos") => setup().and_then(|()| chaos(&args[1..])),
         Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|setup|lab|bench> [args]\n  \
+                "usage: cargo xtask <test|setup|lab|chaos|bench> [args]\n  \
                  test [-- cargo test args]   install what is missing, fmt, clippy, all tests\n  \
                  setup                      install the system packages only\n  \
                  lab [up|down|kill NODE [--signal SIG]|start NODE|exec NODE -- CMD]\n  \
                                             the virtual LAN demo and its pieces\n  \
+                 chaos [--minutes N] [--seed S] [--short]\n  \
+                                            faults in a lab, one answerer per IP checked\n  \
                  bench [statedb|datapath]   benchmarks"
             );
             return ExitCode::from(2);
@@ -187,23 +192,34 @@ fn test(extra: &[String]) -> Result {
     run(cargo().args(["test", "--workspace", "--doc", "--locked"]))
 }
 
-/// Builds the agent and the lab binary, then runs `target/debug/lab` with
-/// the arguments (none: the full demo). Needs root (namespaces, eBPF).
-fn lab(args: &[String]) -> Result {
+/// Builds the agent and the integration binaries, then runs
+/// `target/debug/<bin>` with the arguments. Needs root (namespaces, eBPF).
+fn run_lab_binary(bin: &str, args: &[String]) -> Result {
     run(cargo().args(["build", "-p", "l2announcer", "-p", "integration", "--bins"]))?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
-    let status = Command::new(target.join("debug").join("lab"))
+    let status = Command::new(target.join("debug").join(bin))
         .args(args)
         .current_dir(workspace_root())
         .status()
-        .map_err(|e| format!("cannot start the lab: {e}"))?;
+        .map_err(|e| format!("cannot start {bin}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("lab {} failed with {status}", args.join(" ")))
+        Err(format!("{bin} {} failed with {status}", args.join(" ")))
     }
+}
+
+/// `target/debug/lab` with the arguments (none: the full demo).
+fn lab(args: &[String]) -> Result {
+    run_lab_binary("lab", args)
+}
+
+/// `target/debug/chaos` with the arguments: the long profile (report in
+/// target/chaos/).
+fn chaos(args: &[String]) -> Result {
+    run_lab_binary("chaos", args)
 }
 
 fn bench(args: &[String]) -> Result {
