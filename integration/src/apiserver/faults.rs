@@ -1,10 +1,19 @@
 //! Fault injection and observation: latency, injected error codes, 429 with
-//! Retry-After, pausing clients, per verb/resource/client counters and a
-//! request log.
+//! Retry-After, late watch events, pausing clients (until lifted or for a
+//! while), per verb/resource/client counters and a request log.
 //!
 //! Error injection is deterministic: a rule with `fraction: 0.25` fails
 //! exactly every fourth matching request (an accumulator, not a random
 //! draw), so tests that use it are repeatable.
+//!
+//! A pause acts like a network partition between the server and the
+//! matching clients: their requests get no answer and their watches deliver
+//! nothing while it lasts. Nothing is failed with an error the client could
+//! take for an answer. When the pause ends, each held request is handled
+//! then (it takes effect at that moment, as one retransmitted after a healed
+//! partition would) and answered, and the held watch events follow in
+//! order. A request whose client gave up meanwhile (closed the connection)
+//! is dropped unanswered and has no effect.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Which clients a rule or pause applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -61,6 +71,10 @@ pub enum FaultAction {
         fraction: f64,
         retry_after_seconds: u64,
     },
+    /// Deliver each watch event (and bookmark) `millis` after it was
+    /// committed; the request itself is answered at once. Rules whose verb
+    /// is set apply only when it is "watch".
+    WatchDelay { millis: u64 },
 }
 
 /// A fault: which requests (client, verb, resource) and what happens to them.
@@ -134,11 +148,23 @@ pub struct CounterKey {
     pub code: u16,
 }
 
+/// Matching clients are paused until `until` (None: until lifted).
+struct Pause {
+    client: ClientMatch,
+    until: Option<Instant>,
+}
+
+impl Pause {
+    fn active(&self, now: Instant) -> bool {
+        self.until.is_none_or(|u| now < u)
+    }
+}
+
 #[derive(Default)]
 struct FaultState {
     rules: BTreeMap<u64, (FaultRule, f64)>,
     next_id: u64,
-    paused: Vec<ClientMatch>,
+    paused: Vec<Pause>,
     log: Vec<RequestRecord>,
     counters: BTreeMap<CounterKey, u64>,
     log_limit: usize,
@@ -211,15 +237,17 @@ impl Faults {
             .collect()
     }
 
-    pub fn pause(&self, m: ClientMatch) {
-        self.lock().paused.push(m);
+    /// Pauses matching clients until lifted, or for `duration`.
+    pub fn pause(&self, client: ClientMatch, duration: Option<Duration>) {
+        let until = duration.map(|d| Instant::now() + d);
+        self.lock().paused.push(Pause { client, until });
         self.notify();
     }
 
     /// Lifts pauses equal to `m` (`ClientMatch::All` lifts only the global
     /// pause; use `unpause_all` for everything).
     pub fn unpause(&self, m: &ClientMatch) {
-        self.lock().paused.retain(|p| p != m);
+        self.lock().paused.retain(|p| p.client != *m);
         self.notify();
     }
 
@@ -228,8 +256,25 @@ impl Faults {
         self.notify();
     }
 
+    /// Whether `c` is paused now, and until when (None: until lifted).
+    /// Forgets pauses that have run out.
+    fn paused_until(&self, c: &ClientId) -> Option<Option<Instant>> {
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.paused.retain(|p| p.active(now));
+        let mut found: Option<Option<Instant>> = None;
+        for p in s.paused.iter().filter(|p| p.client.matches(c)) {
+            found = match (found, p.until) {
+                (Some(None), _) | (_, None) => Some(None),
+                (Some(Some(a)), Some(b)) => Some(Some(a.max(b))),
+                (None, Some(b)) => Some(Some(b)),
+            };
+        }
+        found
+    }
+
     pub fn is_paused(&self, c: &ClientId) -> bool {
-        self.lock().paused.iter().any(|m| m.matches(c))
+        self.paused_until(c).is_some()
     }
 
     /// Waits while `c` is paused.
@@ -248,9 +293,16 @@ impl Faults {
             }
         }
         let _held = Held(&self.held);
-        while self.is_paused(c) {
-            if rx.changed().await.is_err() {
-                return;
+        while let Some(until) = self.paused_until(c) {
+            let run_out = async {
+                match until {
+                    Some(u) => tokio::time::sleep_until(u).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                _ = run_out => {}
             }
         }
     }
@@ -270,6 +322,7 @@ impl Faults {
                 continue;
             }
             match rule.action {
+                FaultAction::WatchDelay { .. } => {}
                 FaultAction::Latency { millis } => delay += Duration::from_millis(millis),
                 FaultAction::Fail { code, fraction } => {
                     *acc += fraction;
@@ -295,6 +348,20 @@ impl Faults {
             }
         }
         (delay, verdict)
+    }
+
+    /// How late watch events of `resource` reach client `c` (the sum of
+    /// the matching `WatchDelay` rules).
+    pub fn watch_delay(&self, c: &ClientId, resource: &str) -> Duration {
+        self.lock()
+            .rules
+            .values()
+            .filter(|(rule, _)| rule.applies(c, "watch", resource))
+            .map(|(rule, _)| match rule.action {
+                FaultAction::WatchDelay { millis } => Duration::from_millis(millis),
+                _ => Duration::ZERO,
+            })
+            .sum()
     }
 
     pub fn record(&self, r: RequestRecord) {
@@ -396,9 +463,53 @@ mod tests {
             f.consult(&client("kubectl"), "update", "leases").1,
             Verdict::Proceed
         ));
-        f.pause(ClientMatch::SourceIp("127.0.0.1".into()));
+        f.pause(ClientMatch::SourceIp("127.0.0.1".into()), None);
         assert!(f.is_paused(&client("x")));
         f.unpause_all();
         assert!(!f.is_paused(&client("x")));
+    }
+
+    #[test]
+    fn watch_delays_add_up_and_leave_requests_alone() {
+        let f = Faults::new();
+        f.add_rule(FaultRule {
+            client: ClientMatch::UserAgent("slow".into()),
+            verb: None,
+            resource: Some("leases".into()),
+            action: FaultAction::WatchDelay { millis: 200 },
+        });
+        f.add_rule(FaultRule::all(FaultAction::WatchDelay { millis: 50 }));
+        assert_eq!(
+            f.watch_delay(&client("slow/1"), "leases"),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            f.watch_delay(&client("other"), "leases"),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            f.watch_delay(&client("slow/1"), "services"),
+            Duration::from_millis(50)
+        );
+        let (delay, verdict) = f.consult(&client("slow/1"), "get", "leases");
+        assert_eq!(delay, Duration::ZERO);
+        assert!(matches!(verdict, Verdict::Proceed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_pause_lifts_itself() {
+        let f = Faults::new();
+        f.pause(
+            ClientMatch::UserAgent("(node-a)".into()),
+            Some(Duration::from_secs(3)),
+        );
+        let a = client("l2announcer/0.1.0 (node-a)");
+        assert!(f.is_paused(&a));
+        assert!(!f.is_paused(&client("l2announcer/0.1.0 (node-b)")));
+        let started = Instant::now();
+        f.wait_unpaused(&a).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert!(!f.is_paused(&a));
+        assert_eq!(f.held(), 0);
     }
 }

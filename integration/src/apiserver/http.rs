@@ -269,6 +269,15 @@ struct Ctx {
     content_type: String,
 }
 
+impl Ctx {
+    /// The store, with writes attributed to this request's client.
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        let mut store = self.shared.store();
+        store.set_writer(&self.client.user_agent);
+        store
+    }
+}
+
 /// The outcome of a request before it is turned into a response.
 enum Reply {
     Json(u16, Value, Vec<String>),
@@ -332,6 +341,12 @@ async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -
         latency_us: 0,
     };
 
+    // The whole request is read before a pause holds it: while a body is
+    // still unread hyper does not notice the client closing the connection,
+    // and a request its client gave up on must be dropped, not take effect
+    // when the pause ends.
+    let limit = shared.config().max_body_bytes;
+    let body = Limited::new(req.into_body(), limit).collect().await;
     shared.faults.wait_unpaused(&client).await;
     let (delay, verdict) = shared.faults.consult(&client, verb, &record.resource);
     if !delay.is_zero() {
@@ -340,19 +355,16 @@ async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -
     let reply = match verdict {
         Verdict::Fail(code) => Reply::Status(ApiStatus::injected(code)),
         Verdict::TooMany(secs) => Reply::Status(ApiStatus::too_many_requests(secs)),
-        Verdict::Proceed => {
-            let limit = shared.config().max_body_bytes;
-            match Limited::new(req.into_body(), limit).collect().await {
-                Ok(b) => dispatch(&ctx, &method, route, verb, b.to_bytes()).await,
-                Err(e)
-                    if e.downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some() =>
-                {
-                    Reply::Status(ApiStatus::too_large(limit))
-                }
-                Err(e) => Reply::Status(ApiStatus::bad_request(format!("reading body: {e}"))),
+        Verdict::Proceed => match body {
+            Ok(b) => dispatch(&ctx, &method, route, verb, b.to_bytes()).await,
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Reply::Status(ApiStatus::too_large(limit))
             }
-        }
+            Err(e) => Reply::Status(ApiStatus::bad_request(format!("reading body: {e}"))),
+        },
     };
     let response = match reply {
         Reply::Json(code, v, warnings) => {
@@ -432,7 +444,7 @@ fn classify(
 }
 
 async fn dispatch(ctx: &Ctx, method: &Method, route: Route, verb: &str, body: Bytes) -> Reply {
-    let resources = ctx.shared.store().resources();
+    let resources = ctx.store().resources();
     if !matches!(route, Route::Resource(_)) && method != Method::GET {
         return ApiStatus::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method})"
@@ -706,7 +718,6 @@ async fn resource_request(
     let ns = p.namespace.clone().unwrap_or_default();
     let url_name = p.name.clone().unwrap_or_default();
     let events_v1 = ctx
-        .shared
         .store()
         .resource(&p.group, &p.plural)
         .is_some_and(|r| events::is_events_v1(&r));
@@ -721,7 +732,7 @@ async fn resource_request(
                 .to_string(),
             _ => url_name,
         };
-        let mut store = ctx.shared.store();
+        let mut store = ctx.store();
         if let Some(res) = store.resource("events.k8s.io", "events") {
             let now = match store.get(&res, &ns, &name) {
                 Ok(obj) => Some(obj),
@@ -741,7 +752,6 @@ async fn resource_request_inner(
     body: Bytes,
 ) -> Result<Reply, ApiStatus> {
     let res = ctx
-        .shared
         .store()
         .resource(&p.group, &p.plural)
         .filter(|r| r.versions.contains(&p.version))
@@ -785,7 +795,7 @@ async fn resource_request_inner(
     }
     match verb {
         "get" => {
-            let obj = ctx.shared.store().get(&res, &ns, &name)?;
+            let obj = ctx.store().get(&res, &ns, &name)?;
             Ok(Reply::Json(200, render.one(&obj), vec![]))
         }
         "list" => list(ctx, &res, p.namespace.as_deref(), &render),
@@ -793,14 +803,13 @@ async fn resource_request_inner(
         "create" => {
             let obj = parse_body(ctx, &body)?;
             check_kind(&res, &p.version, &obj)?;
-            let out = ctx.shared.store().create(&res, &ns, obj, strict)?;
+            let out = ctx.store().create(&res, &ns, obj, strict)?;
             Ok(Reply::Json(201, render.one(&out.object), out.warnings))
         }
         "update" => {
             let obj = parse_body(ctx, &body)?;
             check_kind(&res, &p.version, &obj)?;
             let out = ctx
-                .shared
                 .store()
                 .update_with(&res, &ns, &name, target, strict, |_| Ok(obj))?;
             Ok(Reply::Json(
@@ -843,7 +852,7 @@ async fn resource_request_inner(
             let rv = opts
                 .pointer("/preconditions/resourceVersion")
                 .and_then(Value::as_str);
-            let deleted = ctx.shared.store().delete(&res, &ns, &name, uid, rv)?;
+            let deleted = ctx.store().delete(&res, &ns, &name, uid, rv)?;
             let returns_object = res.custom
                 || (res.group.is_empty() && matches!(res.plural.as_str(), "pods" | "namespaces"))
                 || deleted.pointer("/metadata/deletionTimestamp").is_some();
@@ -877,7 +886,7 @@ async fn resource_request_inner(
                 &res.field_selector_paths(),
             )
             .map_err(ApiStatus::bad_request)?;
-            let mut store = ctx.shared.store();
+            let mut store = ctx.store();
             let (items, _) = store.list(&res, p.namespace.as_deref(), None)?;
             let mut deleted = Vec::new();
             for ((ins, iname), obj) in items {
@@ -953,7 +962,7 @@ fn list(
             }
         },
     };
-    let (items, list_rv) = ctx.shared.store().list(res, ns, at).map_err(|e| {
+    let (items, list_rv) = ctx.store().list(res, ns, at).map_err(|e| {
         if token.is_some() && e.code == 410 {
             ApiStatus::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue value from the response.")
         } else {
@@ -1043,7 +1052,7 @@ fn watch(
         None => config.default_watch_timeout,
     };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let start = ctx.shared.store().watch(res, p.namespace.as_deref(), from);
+    let start = ctx.store().watch(res, p.namespace.as_deref(), from);
     let start = match start {
         Ok(s) => s,
         Err(status) => {
@@ -1054,6 +1063,7 @@ fn watch(
     };
     let shared = ctx.shared.clone();
     let client = ctx.client.clone();
+    let resource = res.plural.clone();
     let bookmark_kind = json!({"kind": res.kind, "apiVersion": res.api_version(&p.version)});
     tokio::spawn(async move {
         let stream = WatchStream {
@@ -1063,6 +1073,7 @@ fn watch(
             fields,
             shared,
             client,
+            resource,
         };
         stream
             .run(
@@ -1085,6 +1096,8 @@ struct WatchStream {
     fields: FieldSelector,
     shared: Arc<Shared>,
     client: ClientId,
+    /// Resource plural, for matching watch-delay rules.
+    resource: String,
 }
 
 impl WatchStream {
@@ -1092,10 +1105,22 @@ impl WatchStream {
         self.labels.matches(o) && self.fields.matches(o)
     }
 
-    /// Sends one line; false when the client has gone.
-    async fn send(&self, line: Bytes) -> bool {
-        self.shared.faults.wait_unpaused(&self.client).await;
-        self.tx.send(line).await.is_ok()
+    /// Sends one line that came to be at `ready` (a change's commit), late
+    /// by the client's watch delay and not while it is paused; false when
+    /// the client has gone.
+    async fn send(&self, line: Bytes, ready: Instant) -> bool {
+        let deliver = async {
+            let delay = self.shared.faults.watch_delay(&self.client, &self.resource);
+            if !delay.is_zero() {
+                tokio::time::sleep_until((ready + delay).into()).await;
+            }
+            self.shared.faults.wait_unpaused(&self.client).await;
+            self.tx.send(line).await.is_ok()
+        };
+        tokio::select! {
+            sent = deliver => sent,
+            _ = self.tx.closed() => false,
+        }
     }
 
     async fn deliver(&self, c: &Change) -> bool {
@@ -1109,8 +1134,11 @@ impl WatchStream {
             ChangeKind::Deleted if before || now => "DELETED",
             _ => return true,
         };
-        self.send(watch_line(kind, &self.render.one(&c.object)))
-            .await
+        self.send(
+            watch_line(kind, &self.render.one(&c.object)),
+            c.committed_at,
+        )
+        .await
     }
 
     async fn bookmark(&self, kind: &Value, rv: u64, initial_end: bool) -> bool {
@@ -1119,7 +1147,8 @@ impl WatchStream {
         if initial_end {
             obj["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        self.send(watch_line("BOOKMARK", &obj)).await
+        self.send(watch_line("BOOKMARK", &obj), Instant::now())
+            .await
     }
 
     async fn run(
@@ -1139,7 +1168,11 @@ impl WatchStream {
         } = start;
         let deadline = tokio::time::Instant::now() + timeout;
         for o in &initial {
-            if self.matches(o) && !self.send(watch_line("ADDED", &self.render.one(o))).await {
+            if self.matches(o)
+                && !self
+                    .send(watch_line("ADDED", &self.render.one(o)), Instant::now())
+                    .await
+            {
                 return;
             }
         }
@@ -1231,7 +1264,7 @@ fn patch(
         }
         check_kind(res, &p.version, &patch_doc)?;
     }
-    let mut store = ctx.shared.store();
+    let mut store = ctx.store();
     if !apply && store.get(res, ns, name).is_err() {
         return Err(ApiStatus::not_found(super::status::Subject {
             group: &res.group,
@@ -1304,6 +1337,11 @@ async fn control(shared: Arc<Shared>, req: Request<Incoming>, rest: &str) -> Res
                     .collect();
                 Ok(ok(json!(c)))
             }
+            (Method::GET, "writes") => Ok(ok(serde_json::to_value(shared.store().write_log()).unwrap_or_default())),
+            (Method::DELETE, "writes") => {
+                shared.store().clear_write_log();
+                Ok(ok(json!({})))
+            }
             (Method::DELETE, "requests") => {
                 shared.faults.reset_observations();
                 Ok(ok(json!({})))
@@ -1331,9 +1369,11 @@ async fn control(shared: Arc<Shared>, req: Request<Incoming>, rest: &str) -> Res
                 Ok(ok(json!({"removed": shared.faults.remove_rule(id)})))
             }
             (Method::POST, "pause") => {
-                let m: ClientMatch = serde_json::from_value(body_json()?.get("client").cloned().unwrap_or(json!("all")))
+                let body = body_json()?;
+                let m: ClientMatch = serde_json::from_value(body.get("client").cloned().unwrap_or(json!("all")))
                     .map_err(|e| ApiStatus::bad_request(format!("client match: {e}")))?;
-                shared.faults.pause(m);
+                let duration = body.get("forMillis").and_then(Value::as_u64).map(Duration::from_millis);
+                shared.faults.pause(m, duration);
                 Ok(ok(json!({})))
             }
             (Method::POST, "unpause") => {

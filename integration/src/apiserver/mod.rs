@@ -14,23 +14,36 @@
 //! `Status` errors with kube-apiserver's codes, reasons and wording.
 //!
 //! Faults and observation: latency, failing a fraction of requests with a
-//! code, 429 with Retry-After, pausing all or one client (by User-Agent or
-//! source address), dropping all watches, restarting with state kept, a
-//! request log and per verb/resource/client counters — from Rust
-//! ([`TestApiServer`]) and over HTTP under `/__control/`:
+//! code, 429 with Retry-After, watch events delivered late, pausing all or
+//! one client (by User-Agent or source address; until lifted or for a
+//! while), dropping all watches, restarting with state kept, a request log,
+//! per verb/resource/client counters and a write log with CLOCK_MONOTONIC
+//! commit times — from Rust ([`TestApiServer`]) and over HTTP under
+//! `/__control/`:
 //!
 //! | method | path | body / answer |
 //! |---|---|---|
 //! | GET | `/__control/health` | `{"ok":true}` |
 //! | GET, DELETE | `/__control/requests` | request log ([`RequestRecord`]s) / reset log and counters |
 //! | GET | `/__control/counters` | `[{verb, resource, userAgent, code, count}]` |
+//! | GET, DELETE | `/__control/writes` | write log ([`WriteRecord`]s) / clear it |
 //! | GET, POST, DELETE | `/__control/faults` | list / add a [`FaultRule`] (answer `{"id":N}`) / clear |
 //! | DELETE | `/__control/faults/N` | remove one rule |
-//! | POST | `/__control/pause` | `{"client": <ClientMatch>}` (`"all"`, `{"userAgent":"x"}`, `{"sourceIp":"127.0.0.1"}`, `{"sourceAddr":"ip:port"}`) |
-//! | POST | `/__control/unpause` | same body; no body lifts every pause |
+//! | POST | `/__control/pause` | `{"client": <ClientMatch>, "forMillis": N}` (`"all"`, `{"userAgent":"x"}`, `{"sourceIp":"127.0.0.1"}`, `{"sourceAddr":"ip:port"}`; without `forMillis` until unpaused) |
+//! | POST | `/__control/unpause` | `{"client": <ClientMatch>}`; no body lifts every pause |
 //! | POST | `/__control/drop-watches` | `{"dropped":N}` |
 //! | POST | `/__control/compact` | forget history (older versions get 410) |
 //! | POST | `/__control/restart` | `{"downtimeMillis":N}`: close all connections, rebind |
+//!
+//! A pause is a partition, not an error: held requests get no answer until
+//! it ends, then are handled and answered (taking effect then); a request
+//! whose client closed its connection meanwhile is dropped and has no
+//! effect. Paused clients' watches deliver nothing meanwhile and catch up
+//! in order afterwards. A restart is a dying and restarted kube-apiserver on
+//! the same etcd: the listener, every connection and every watch close, the
+//! address refuses connections for the downtime, then the same objects are
+//! served and resourceVersions go on increasing, so clients resume their
+//! watches from their last resourceVersion (or relist).
 //!
 //! OpenAPI: `/openapi/v3` serves an index and, per group-version, a minimal
 //! document listing each resource's operations with
@@ -81,6 +94,7 @@ use tokio::sync::watch;
 pub use faults::{ClientId, ClientMatch, CounterKey, FaultAction, FaultRule, RequestRecord};
 pub use http::{CONTROL_PREFIX, ServerConfig};
 pub use status::ApiStatus;
+pub use store::WriteRecord;
 
 use http::Shared;
 use store::Store;
@@ -102,6 +116,15 @@ pub enum ApiServerError {
     Client(String),
     #[error("restart: {0}")]
     Restart(String),
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `std::time::Instant` and of
+/// [`WriteRecord::committed_mono_ns`].
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
 }
 
 /// How many changes the server remembers for watches and paged lists
@@ -234,18 +257,59 @@ impl TestApiServer {
         }))
     }
 
-    /// Holds requests (and watch event delivery) of matching clients until
-    /// unpaused.
+    /// Pauses matching clients until [`Self::unpause`]: their requests get
+    /// no answer and their watches deliver nothing, as in a network
+    /// partition; other clients are served as usual. When the pause ends,
+    /// held requests are handled and answered, and held watch events follow
+    /// in order; requests whose client gave up (closed the connection) are
+    /// dropped without effect. `pause(ClientMatch::All)` pauses everyone
+    /// (the `/__control/` endpoints keep answering).
     pub fn pause(&self, client: ClientMatch) {
-        self.shared.faults.pause(client)
+        self.shared.faults.pause(client, None)
     }
 
+    /// Like [`Self::pause`], lifting itself after `duration` (or earlier by
+    /// [`Self::unpause`]).
+    pub fn pause_for(&self, client: ClientMatch, duration: Duration) {
+        self.shared.faults.pause(client, Some(duration))
+    }
+
+    /// Pauses the clients whose User-Agent contains `user_agent` (agents
+    /// send `l2announcer/<version> (<node>)`, so `"(node-1)"` singles one
+    /// out), until [`Self::resume_client`] or for `duration`.
+    pub fn pause_client(&self, user_agent: &str, duration: Option<Duration>) {
+        self.shared
+            .faults
+            .pause(ClientMatch::UserAgent(user_agent.to_string()), duration)
+    }
+
+    /// Lifts [`Self::pause_client`]`(user_agent, ..)`.
+    pub fn resume_client(&self, user_agent: &str) {
+        self.unpause(&ClientMatch::UserAgent(user_agent.to_string()))
+    }
+
+    /// Lifts pauses made for exactly `client`.
     pub fn unpause(&self, client: &ClientMatch) {
         self.shared.faults.unpause(client)
     }
 
+    /// Lifts every pause.
     pub fn unpause_all(&self) {
         self.shared.faults.unpause_all()
+    }
+
+    /// Delivers the watch events (and bookmarks) of matching clients
+    /// `delay` after their commit; their requests are answered as usual.
+    /// Returns the rule id for [`Self::remove_fault`].
+    pub fn delay_watches(&self, client: ClientMatch, delay: Duration) -> u64 {
+        self.add_fault(FaultRule {
+            client,
+            verb: None,
+            resource: None,
+            action: FaultAction::WatchDelay {
+                millis: delay.as_millis() as u64,
+            },
+        })
     }
 
     /// Requests (and watch event deliveries) held by a pause right now.
@@ -283,8 +347,11 @@ impl TestApiServer {
             .bookmark_interval = interval;
     }
 
-    /// Closes the listener and all connections, waits `downtime`, and
-    /// listens again on the same address with all objects kept.
+    /// Stops serving as a dying process would (the listener, every
+    /// connection and every watch close; connecting is refused), waits
+    /// `downtime`, and serves again on the same address with all objects
+    /// and the change history kept: resourceVersions go on increasing and
+    /// watches resume from where they were. Returns once serving again.
     pub async fn restart(&self, downtime: Duration) -> Result<(), ApiServerError> {
         http::restart(self.shared.clone(), Duration::ZERO, downtime)
             .await
@@ -305,6 +372,18 @@ impl TestApiServer {
     /// Clears the request log and counters.
     pub fn reset_request_log(&self) {
         self.shared.faults.reset_observations()
+    }
+
+    /// Every committed write so far (oldest first), each with its
+    /// resourceVersion, CLOCK_MONOTONIC commit time, the writing client's
+    /// User-Agent and the object after the write.
+    pub fn write_history(&self) -> Vec<WriteRecord> {
+        self.shared.store().write_log()
+    }
+
+    /// Clears the write history.
+    pub fn clear_write_history(&self) {
+        self.shared.store().clear_write_log()
     }
 
     /// Stops listening and closes every connection.

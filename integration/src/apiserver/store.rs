@@ -4,11 +4,17 @@
 //!
 //! All methods are synchronous and run under the server's store mutex, so a
 //! write, its history entry and its delivery to watchers are one atomic step.
+//!
+//! Besides the bounded history that watches read, the store keeps a write
+//! log for tests: every committed change with its CLOCK_MONOTONIC commit
+//! time and the User-Agent of the request that made it. Compaction does not
+//! touch it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -44,7 +50,55 @@ pub struct Change {
     pub object: Arc<Value>,
     /// The object before the change (None for ADDED).
     pub prev: Option<Arc<Value>>,
+    /// When it was committed.
+    pub committed_at: Instant,
 }
+
+impl ChangeKind {
+    /// The watch event type.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            ChangeKind::Added => "ADDED",
+            ChangeKind::Modified => "MODIFIED",
+            ChangeKind::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One committed write, as the store applied it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteRecord {
+    /// The resourceVersion the write got.
+    pub resource_version: u64,
+    /// CLOCK_MONOTONIC in nanoseconds at the commit (the clock of
+    /// `std::time::Instant`; see [`crate::apiserver::monotonic_ns`]).
+    pub committed_mono_ns: u64,
+    /// "ADDED", "MODIFIED" or "DELETED".
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub group: String,
+    /// Resource plural.
+    pub resource: String,
+    /// "" for cluster-scoped objects.
+    pub namespace: String,
+    pub name: String,
+    /// User-Agent of the request that made the write ("" for the server's
+    /// own writes, e.g. the well-known namespaces at start).
+    pub user_agent: String,
+    /// The object after the write (for deletes: its last state).
+    pub object: Value,
+}
+
+/// A write log entry; the object is shared with the history.
+struct LoggedWrite {
+    change: Arc<Change>,
+    committed_mono_ns: u64,
+    user_agent: Arc<str>,
+}
+
+/// How many writes the write log keeps before dropping the oldest tenth.
+const WRITE_LOG_LIMIT: usize = 200_000;
 
 /// What a new watch starts with.
 pub struct WatchStart {
@@ -92,6 +146,9 @@ pub struct Store {
     counter: u64,
     next_cluster_ip: u32,
     next_node_port: u32,
+    writes: Vec<LoggedWrite>,
+    /// User-Agent of the request now writing (set with the lock taken).
+    writer: Arc<str>,
 }
 
 /// RFC 3339 UTC time with seconds precision, as metav1.Time serialises.
@@ -217,6 +274,8 @@ impl Store {
             counter: 0,
             next_cluster_ip: 10,
             next_node_port: 30000,
+            writes: Vec::new(),
+            writer: Arc::from(""),
         };
         for r in builtins() {
             store
@@ -237,6 +296,35 @@ impl Store {
 
     pub fn resource_version(&self) -> u64 {
         self.rv
+    }
+
+    /// Names the client whose request the next writes belong to.
+    pub fn set_writer(&mut self, user_agent: &str) {
+        if *self.writer != *user_agent {
+            self.writer = Arc::from(user_agent);
+        }
+    }
+
+    /// Every write committed so far (oldest first, the last 200,000 at most).
+    pub fn write_log(&self) -> Vec<WriteRecord> {
+        self.writes
+            .iter()
+            .map(|w| WriteRecord {
+                resource_version: w.change.rv,
+                committed_mono_ns: w.committed_mono_ns,
+                kind: w.change.kind.event_type().to_string(),
+                group: w.change.res.0.clone(),
+                resource: w.change.res.1.clone(),
+                namespace: w.change.key.0.clone(),
+                name: w.change.key.1.clone(),
+                user_agent: w.user_agent.to_string(),
+                object: (*w.change.object).clone(),
+            })
+            .collect()
+    }
+
+    pub fn clear_write_log(&mut self) {
+        self.writes.clear();
     }
 
     pub fn resource(&self, group: &str, plural: &str) -> Option<ResourceInfo> {
@@ -306,6 +394,15 @@ impl Store {
             kind,
             object: obj.clone(),
             prev,
+            committed_at: Instant::now(),
+        });
+        if self.writes.len() >= WRITE_LOG_LIMIT {
+            self.writes.drain(..WRITE_LOG_LIMIT / 10);
+        }
+        self.writes.push(LoggedWrite {
+            change: change.clone(),
+            committed_mono_ns: super::monotonic_ns(),
+            user_agent: self.writer.clone(),
         });
         self.history.push_back(change.clone());
         while self.history.len() > self.history_limit {
