@@ -1,7 +1,7 @@
 //! The chaos suite: faults in a lab, in a seeded random order on random
 //! holders, while the client probes every VIP every 10 ms (ARP and NS,
 //! every reply kept), captures every gratuitous ARP / unsolicited NA, and
-//! the Lease history records who held each claim when. Afterwards a
+//! the API server's write log says who held each claim when. Afterwards a
 //! detector flags split brain, foreign announcements and gaps over each
 //! fault's bound ([`detector`], [`faults`]), and a report says it per fault
 //! ([`report`]). Policy edits and Service churn run all along ([`churn`]).
@@ -182,7 +182,6 @@ pub fn run(lab: &Lab, config: &ChaosConfig) -> Result<Report, LabError> {
     let mut rng = fastrand::Rng::with_seed(config.seed);
     let mut churn_rng = fastrand::Rng::with_seed(config.seed ^ 0x5eed_c4a0);
     churn::set_up(lab)?;
-    let history = LeaseHistory::watch(lab, claims());
     std::fs::create_dir_all(&config.work_dir)
         .map_err(crate::lab::io_err(config.work_dir.display().to_string()))?;
     let capture = lab.capture(&config.work_dir.join("client.pcap"))?;
@@ -264,17 +263,12 @@ pub fn run(lab: &Lab, config: &ChaosConfig) -> Result<Report, LabError> {
     let announcements = capture.announcements()?;
     drop(capture);
     let end_ns = monotonic_ns();
+    let history = LeaseHistory::from_writes(claims(), &lab.apiserver()?.write_history());
     let mut findings = detect(lab, &logs, &announcements, &history);
     // Gaps count from the first settled moment on.
     findings.gaps.retain(|g| g.from_ns >= steady_ns);
     let probes_sent = logs.values().map(Vec::len).sum();
-    let tenures = claims()
-        .into_values()
-        .map(|lease| {
-            let t = history.tenures(&lease);
-            (lease, t)
-        })
-        .collect();
+    let tenures = history.all().clone();
     Ok(Report::build(
         config.seed,
         config.profile.to_string(),

@@ -1,30 +1,23 @@
 //! The ground truth of who held each claim when, against which the chaos
 //! detector judges every announcement: [`HolderTimeline`], and
-//! [`LeaseHistory`], its source for per-Service Lease elections (every
-//! version of every claim's Lease, watched from the lab's own process).
+//! [`LeaseHistory`], its source for per-Service Lease elections, read from
+//! the test API server's write log (every committed version of every
+//! claim's Lease with its CLOCK_MONOTONIC commit time, the clock of the
+//! probes and of the datapath).
 //!
-//! A node holds a claim from the first Lease version naming it until
-//! another version names someone else (or nobody), or the Lease is
+//! A node holds a claim from the first committed Lease version naming it
+//! until another version names someone else (or nobody), or the Lease is
 //! deleted, or a lease duration has passed since the last version naming
-//! it (its last renewal) — whichever comes first. Versions are timed by
-//! their arrival at this process's watch (CLOCK_MONOTONIC): the API server
-//! runs in this process, so that trails the commit by the watch's delivery
-//! (about a millisecond; see [`super::detector::TOLERANCE`]).
+//! it (its last renewal) — whichever comes first.
 //!
 //! Another election mode (a node-heartbeat assignment record instead of
 //! per-Service Leases) supplies its own [`HolderTimeline`].
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
-
-use crate::lab::{LEASE_NAMESPACE, Lab};
-use crate::probe::monotonic_ns;
+use crate::apiserver::WriteRecord;
+use crate::lab::LEASE_NAMESPACE;
 
 /// Who held which claim when.
 pub trait HolderTimeline {
@@ -41,19 +34,37 @@ pub struct Tenure {
     pub to_ns: u64,
 }
 
-/// One version of a Lease as this process saw it.
+/// One committed version of a Lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseVersion {
-    /// Monotonic ns of its arrival.
+    /// CLOCK_MONOTONIC ns of its commit.
     pub at_ns: u64,
     pub lease: String,
     /// `None`: no holder, or the Lease was deleted.
     pub holder: Option<String>,
     pub duration_ns: u64,
-    pub resource_version: String,
 }
 
-/// The tenures a Lease's versions (in arrival order) describe.
+/// The Lease version a write committed, if it is a Lease's in the lease
+/// namespace.
+pub fn lease_version(w: &WriteRecord) -> Option<LeaseVersion> {
+    if w.group != "coordination.k8s.io" || w.resource != "leases" || w.namespace != LEASE_NAMESPACE
+    {
+        return None;
+    }
+    let spec = &w.object["spec"];
+    Some(LeaseVersion {
+        at_ns: w.committed_mono_ns,
+        lease: w.name.clone(),
+        holder: spec["holderIdentity"]
+            .as_str()
+            .filter(|h| !h.is_empty() && w.kind != "DELETED")
+            .map(str::to_string),
+        duration_ns: spec["leaseDurationSeconds"].as_u64().unwrap_or(0) * 1_000_000_000,
+    })
+}
+
+/// The tenures a Lease's versions (in commit order) describe.
 pub fn tenures(versions: &[&LeaseVersion]) -> Vec<Tenure> {
     let mut out = Vec::new();
     // (holder, since, last renewal, its lease duration)
@@ -84,83 +95,43 @@ pub fn tenures(versions: &[&LeaseVersion]) -> Vec<Tenure> {
     out
 }
 
-/// Every version of the claims' Leases, recorded by a watch on the lab's
-/// runtime until dropped.
+/// The tenures of the claims' Leases, from the API server's write log.
+#[derive(Debug, Clone, Default)]
 pub struct LeaseHistory {
     /// IP -> the Lease of the claim that covers it.
     claims: BTreeMap<IpAddr, String>,
-    versions: Arc<Mutex<Vec<LeaseVersion>>>,
-    task: tokio::task::JoinHandle<()>,
+    /// Lease -> its tenures.
+    tenures: BTreeMap<String, Vec<Tenure>>,
 }
 
 impl LeaseHistory {
-    /// Starts watching the Leases of `claims` (IP -> Lease name, in the
-    /// lease namespace).
-    pub fn watch(lab: &Lab, claims: BTreeMap<IpAddr, String>) -> LeaseHistory {
-        let versions: Arc<Mutex<Vec<LeaseVersion>>> = Arc::default();
-        let api = Api::<Lease>::namespaced(lab.client(), LEASE_NAMESPACE);
-        let record = versions.clone();
-        let task = lab.runtime().spawn(async move {
-            let mut events = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            while let Some(event) = events.next().await {
-                let at_ns = monotonic_ns();
-                let (lease, deleted) = match event {
-                    Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) => (l, false),
-                    Ok(watcher::Event::Delete(l)) => (l, true),
-                    Ok(_) => continue,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "lease watch");
-                        continue;
-                    }
-                };
-                let version = version_of(&lease, at_ns, deleted);
-                let mut all = record.lock().unwrap_or_else(|p| p.into_inner());
-                // A watch that starts again lists what it has seen already.
-                let seen = all.iter().rev().find(|v| v.lease == version.lease);
-                if seen.is_none_or(|v| v.resource_version != version.resource_version || deleted) {
-                    all.push(version);
-                }
+    /// The history of the Leases of `claims` (IP -> Lease name, in the
+    /// lease namespace) in `writes` (commit order).
+    pub fn from_writes(claims: BTreeMap<IpAddr, String>, writes: &[WriteRecord]) -> LeaseHistory {
+        let mut versions: BTreeMap<String, Vec<LeaseVersion>> = BTreeMap::new();
+        for v in writes.iter().filter_map(lease_version) {
+            if claims.values().any(|l| *l == v.lease) {
+                versions.entry(v.lease.clone()).or_default().push(v);
             }
-        });
-        LeaseHistory {
-            claims,
-            versions,
-            task,
         }
+        let tenures = versions
+            .into_iter()
+            .map(|(lease, v)| {
+                let t = tenures(&v.iter().collect::<Vec<_>>());
+                (lease, t)
+            })
+            .collect();
+        LeaseHistory { claims, tenures }
     }
 
-    /// The versions recorded so far of `lease`.
-    pub fn versions(&self, lease: &str) -> Vec<LeaseVersion> {
-        self.versions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|v| v.lease == lease)
-            .cloned()
-            .collect()
+    /// Who held `lease` when.
+    pub fn tenures(&self, lease: &str) -> &[Tenure] {
+        self.tenures.get(lease).map_or(&[], Vec::as_slice)
     }
 
-    /// The tenures of `lease` so far.
-    pub fn tenures(&self, lease: &str) -> Vec<Tenure> {
-        let versions = self.versions(lease);
-        tenures(&versions.iter().collect::<Vec<_>>())
-    }
-}
-
-fn version_of(lease: &Lease, at_ns: u64, deleted: bool) -> LeaseVersion {
-    let spec = lease.spec.as_ref();
-    LeaseVersion {
-        at_ns,
-        lease: lease.metadata.name.clone().unwrap_or_default(),
-        holder: spec
-            .and_then(|s| s.holder_identity.clone())
-            .filter(|h| !h.is_empty() && !deleted),
-        duration_ns: spec
-            .and_then(|s| s.lease_duration_seconds)
-            .map_or(0, |s| u64::try_from(s).unwrap_or(0) * 1_000_000_000),
-        resource_version: lease.metadata.resource_version.clone().unwrap_or_default(),
+    /// Every Lease's tenures.
+    pub fn all(&self) -> &BTreeMap<String, Vec<Tenure>> {
+        &self.tenures
     }
 }
 
@@ -171,19 +142,13 @@ impl HolderTimeline for LeaseHistory {
         };
         let mut nodes: Vec<String> = self
             .tenures(lease)
-            .into_iter()
+            .iter()
             .filter(|t| t.from_ns <= to_ns && t.to_ns >= from_ns)
-            .map(|t| t.node)
+            .map(|t| t.node.clone())
             .collect();
         nodes.sort();
         nodes.dedup();
         nodes
-    }
-}
-
-impl Drop for LeaseHistory {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -197,8 +162,38 @@ mod tests {
             lease: "l".into(),
             holder: holder.map(str::to_string),
             duration_ns: 3_000,
-            resource_version: at_ns.to_string(),
         }
+    }
+
+    #[test]
+    fn lease_writes_are_versions() {
+        let w = WriteRecord {
+            resource_version: 7,
+            committed_mono_ns: 42,
+            kind: "MODIFIED".into(),
+            group: "coordination.k8s.io".into(),
+            resource: "leases".into(),
+            namespace: LEASE_NAMESPACE.into(),
+            name: "cilium-l2announce-default-web".into(),
+            user_agent: "l2announcer/0.1.0 (node-1)".into(),
+            object: serde_json::json!({"spec": {"holderIdentity": "node-1", "leaseDurationSeconds": 3}}),
+        };
+        let v = lease_version(&w).expect("a lease version");
+        assert_eq!(
+            (v.at_ns, v.holder.as_deref(), v.duration_ns),
+            (42, Some("node-1"), 3_000_000_000)
+        );
+        let deleted = WriteRecord {
+            kind: "DELETED".into(),
+            ..w.clone()
+        };
+        assert_eq!(lease_version(&deleted).expect("a version").holder, None);
+        let service = WriteRecord {
+            group: String::new(),
+            resource: "services".into(),
+            ..w
+        };
+        assert_eq!(lease_version(&service), None);
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub use capture::{Announcement, AnnouncementKind, Capture, realtime_minus_monoto
 pub use probing::{Probe, ProbeLogs, ProbeSession, Takeover, takeover};
 pub use state::{LabState, NodeState, process_alive};
 
-use crate::apiserver::{ClientMatch, TestApiServer};
+use crate::apiserver::TestApiServer;
 use crate::http::HttpError;
 use crate::netns::{NetnsError, run_in};
 use crate::pcap::PcapError;
@@ -308,13 +308,14 @@ impl Lab {
     /// its User-Agent, `l2announcer/<version> (<node>)`) until
     /// [`Self::resume_agent_requests`].
     pub fn pause_agent_requests(&self, node: &str) -> Result<(), LabError> {
-        self.apiserver()?.pause(agent_client(node));
+        self.apiserver()?
+            .pause_client(&agent_user_agent(node), None);
         Ok(())
     }
 
     /// Lets `node`'s agent requests through again.
     pub fn resume_agent_requests(&self, node: &str) -> Result<(), LabError> {
-        self.apiserver()?.unpause(&agent_client(node));
+        self.apiserver()?.resume_client(&agent_user_agent(node));
         Ok(())
     }
 
@@ -515,7 +516,8 @@ impl Drop for Lab {
     }
 }
 
-/// The API server's match for the requests of `node`'s agent.
-pub fn agent_client(node: &str) -> ClientMatch {
-    ClientMatch::UserAgent(format!("({node})"))
+/// What singles out `node`'s agent in a User-Agent
+/// (`l2announcer/<version> (<node>)`).
+pub fn agent_user_agent(node: &str) -> String {
+    format!("({node})")
 }
