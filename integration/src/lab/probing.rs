@@ -116,20 +116,14 @@ impl ProbeSession {
         ));
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        let v4: Vec<(Ipv4Addr, IpAddr)> = targets
-            .iter()
-            .filter_map(|ip| match ip {
-                IpAddr::V4(v) => Some((*v, *ip)),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        let v6: Vec<(Ipv6Addr, IpAddr)> = targets
-            .iter()
-            .filter_map(|ip| match ip {
-                IpAddr::V6(v) => Some((*v, *ip)),
-                IpAddr::V4(_) => None,
-            })
-            .collect();
+        let mut v4: Vec<(Ipv4Addr, IpAddr)> = Vec::new();
+        let mut v6: Vec<(Ipv6Addr, IpAddr)> = Vec::new();
+        for ip in targets {
+            match ip {
+                IpAddr::V4(v) => v4.push((*v, *ip)),
+                IpAddr::V6(v) => v6.push((*v, *ip)),
+            }
+        }
         if !v4.is_empty() {
             let arp = run_in(netns, || ArpProber::open("eth0", CLIENT_V4))??;
             let (l, s) = (logs.clone(), stop.clone());
