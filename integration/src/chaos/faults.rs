@@ -134,7 +134,7 @@ impl FaultKind {
                 "the restarted agent keeps its pinned fences and renews its own lease before they close: no unanswered probe"
             }
             FaultKind::LanLinkDown => {
-                "issue 12 §4's goal: a holder whose announcing links are all down releases, another node takes over within retry period + 1 s (until then the holder keeps the claim while unreachable)"
+                "issue 12 §4's goal: a holder whose announcing links are all down releases, another node takes over within retry period + 1 s (eth0 down already leaves the selected devices; carrier loss is not injected)"
             }
         }
     }
