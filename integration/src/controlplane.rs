@@ -297,21 +297,3 @@ impl Drop for ControlPlaneNode {
         self.kill();
     }
 }
-
-/// Waits until `cond` holds, polling every 10 ms, or fails after `limit`.
-pub fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    mut cond: impl FnMut() -> Option<T>,
-) -> Result<T, String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = cond() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("timed out after {limit:?} waiting for {what}"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}

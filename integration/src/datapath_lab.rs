@@ -25,6 +25,7 @@ use bpf::{AttachMode, PinnedMaps, Responder, ResponderConfig, ResponderEntry};
 use statedb::{Status, Table};
 
 use crate::netns::{Netns, NetnsError, unique_name};
+use crate::poll::{WaitError, wait_for};
 
 /// Why the in-process agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +42,8 @@ pub enum AgentError {
     Bpffs(String),
     #[error("agent thread: {0}")]
     Thread(String),
-    #[error("timed out after {0:?} waiting for {1}")]
-    Timeout(Duration, String),
+    #[error(transparent)]
+    Wait(#[from] WaitError),
     #[error("the agent is stopped")]
     Stopped,
 }
@@ -83,25 +84,6 @@ pub fn ensure_bpffs() -> Result<(), AgentError> {
         Ok(())
     } else {
         Err(AgentError::Bpffs(format!("mount exited with {status}")))
-    }
-}
-
-/// Polls `check` every few milliseconds until it returns `Some` or
-/// `timeout` passes.
-pub fn wait_for<T>(
-    timeout: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Option<T>,
-) -> Result<T, AgentError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            return Err(AgentError::Timeout(timeout, what.to_string()));
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -215,13 +197,17 @@ impl InProcessAgent {
 
     /// Waits until the `devices` table has a row for `name`.
     pub fn wait_device(&self, name: &str, timeout: Duration) -> Result<DeviceRow, AgentError> {
-        wait_for(timeout, &format!("device {name} in the table"), || {
-            self.devices
-                .get(&self.db, DEVICES.primary, name)
-                .ok()
-                .flatten()
-                .map(|e| e.row)
-        })
+        Ok(wait_for(
+            &format!("device {name} in the table"),
+            timeout,
+            || {
+                self.devices
+                    .get(&self.db, DEVICES.primary, name)
+                    .ok()
+                    .flatten()
+                    .map(|e| e.row)
+            },
+        )?)
     }
 
     /// Writes a pending `l2-announce` row of this run, as the ServiceActor
@@ -289,17 +275,19 @@ impl InProcessAgent {
         accept: impl Fn(&Status) -> bool,
     ) -> Result<L2AnnounceRow, AgentError> {
         let mut last = None;
-        wait_for(timeout, &format!("status of {ip} on {interface}"), || {
+        wait_for(&format!("status of {ip} on {interface}"), timeout, || {
             let row = self.row(ip, interface).ok().flatten()?;
             let ok = accept(&row.status);
             last = Some(row.status.to_string());
             ok.then_some(row)
         })
         .map_err(|e| match (e, last) {
-            (AgentError::Timeout(t, what), Some(s)) => {
-                AgentError::Timeout(t, format!("{what} (last: {s})"))
+            (WaitError::Timeout { what, after }, Some(s)) => WaitError::Timeout {
+                what: format!("{what} (last: {s})"),
+                after,
             }
-            (e, _) => e,
+            .into(),
+            (e, _) => e.into(),
         })
     }
 

@@ -1,12 +1,19 @@
 //! integration: the lab (network namespaces as nodes on a bridge), the test
-//! Kubernetes API server, probes, end-to-end tests and benchmarks.
+//! Kubernetes API server (re-exported), probes, end-to-end tests, the
+//! chaos suite and benchmarks.
 /// The test Kubernetes API server (its own package, `kube-test-apiserver`).
 pub use kube_test_apiserver as apiserver;
+pub mod chaos;
 pub mod controlplane;
 pub mod datapath_lab;
+pub mod http;
 pub mod lab;
+pub mod mac;
 pub mod netns;
+pub mod ns_probe;
 pub mod pcap;
+pub mod poll;
 pub mod probe;
 pub mod prom;
 pub mod rbac;
+pub mod resolvers;

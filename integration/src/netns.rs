@@ -124,30 +124,24 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, NetnsError> {
-        let path = self.path();
-        let name = self.name.clone();
-        let handle = std::thread::spawn(move || -> Result<T, NetnsError> {
-            enter_path(&name, &path)?;
-            Ok(f())
-        });
-        match handle.join() {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        run_in(&self.name, f)
     }
+}
 
-    /// The MAC of `ifname` in this namespace, lower-case colon form.
-    pub fn mac(&self, ifname: &str) -> Result<String, NetnsError> {
-        let out = self.ip(&["-br", "link", "show", "dev", ifname])?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split_whitespace()
-            .nth(2)
-            .map(str::to_lowercase)
-            .ok_or_else(|| NetnsError::Failed {
-                command: format!("ip -n {} -br link show dev {ifname}", self.name),
-                status: "unexpected output".into(),
-                stderr: text.trim().to_string(),
-            })
+/// Runs `f` on a new thread inside the named namespace (`/run/netns/<name>`,
+/// as `ip netns add` makes them) and returns its result.
+pub fn run_in<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetnsError> {
+    let name = name.to_string();
+    let handle = std::thread::spawn(move || -> Result<T, NetnsError> {
+        enter_path(&name, &PathBuf::from("/run/netns").join(&name))?;
+        Ok(f())
+    });
+    match handle.join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 
@@ -173,24 +167,6 @@ impl Drop for Netns {
             tracing::warn!(netns = %self.name, error = %e, "deleting network namespace");
         }
     }
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-/// Lower-case colon form of a MAC.
-pub fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// Two namespaces joined by a veth pair: `agent_if` on the agent side
@@ -257,14 +233,14 @@ impl VethLab {
             "add",
             agent_if,
             "address",
-            &format_mac(agent_mac),
+            &crate::mac::format(agent_mac),
             "type",
             "veth",
             "peer",
             "name",
             client_if,
             "address",
-            &format_mac(client_mac),
+            &crate::mac::format(client_mac),
             "netns",
             self.client.name(),
         ])?;

@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::netns::{Netns, NetnsError};
+use crate::netns::NetnsError;
 
 /// Why a capture could not be read or started.
 #[derive(Debug, thiserror::Error)]
@@ -112,11 +112,12 @@ pub struct Tcpdump {
 }
 
 impl Tcpdump {
-    /// Starts tcpdump on `ifname` in `ns`, writing every packet to `path`
-    /// as it arrives, with an optional capture filter; returns once
-    /// tcpdump says it is listening (or fails after `ready_timeout`).
+    /// Starts tcpdump on `ifname` in the namespace `netns` (a name under
+    /// /run/netns), writing every packet to `path` as it arrives, with an
+    /// optional capture filter; returns once tcpdump says it is listening
+    /// (or fails after `ready_timeout`).
     pub fn start(
-        ns: &Netns,
+        netns: &str,
         ifname: &str,
         path: &Path,
         filter: &[&str],
@@ -127,7 +128,8 @@ impl Tcpdump {
         // opening the output file.
         let mut args = vec!["-i", ifname, "-w", &file, "-U", "-n", "-Z", "root"];
         args.extend_from_slice(filter);
-        let mut cmd = ns.command("tcpdump", &args);
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", netns, "tcpdump"]).args(&args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

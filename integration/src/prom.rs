@@ -1,17 +1,84 @@
-//! Prometheus' own tools against the agent's metrics: `promtool`, a real
-//! `prometheus` server queried through its HTTP API, and the metric names
-//! the dashboards and alert rules in dashboards/ reference.
+//! Prometheus and the agents' metrics: the text exposition read in one
+//! place (samples with their labels, sums, metric names), Prometheus' own
+//! tools (`promtool`, a real `prometheus` server queried through its HTTP
+//! API) and the metric names the dashboards and alert rules in dashboards/
+//! reference.
 //!
-//! Needs `promtool` and `prometheus` (Debian package `prometheus`; `cargo
-//! xtask test` installs it). Test support: functions panic with a message
-//! saying what is missing.
+//! The exposition parser reads what the agents export (no exemplars, no
+//! escaped quotes inside label values); it is not a general OpenMetrics
+//! parser. The tool functions need `promtool` and `prometheus` (Debian
+//! package `prometheus`; `cargo xtask test` installs it) and are test
+//! support: they panic with a message saying what is missing.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// One sample line of a text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    /// (label, value) in the order written.
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    /// The value of `label`, if the sample has it.
+    pub fn label(&self, label: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == label)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The samples of a text exposition; comment lines and lines that do not
+/// parse are skipped.
+pub fn samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(parse_sample)
+        .collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let (head, value) = line.trim().rsplit_once(' ')?;
+    let value = value.parse::<f64>().ok()?;
+    let (name, labels) = match head.split_once('{') {
+        None => (head, Vec::new()),
+        Some((name, rest)) => {
+            let body = rest.strip_suffix('}')?;
+            let mut labels = Vec::new();
+            for pair in body.split("\",").filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once("=\"")?;
+                labels.push((
+                    k.trim_start_matches(',').to_string(),
+                    v.trim_end_matches('"').to_string(),
+                ));
+            }
+            (name, labels)
+        }
+    };
+    Some(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
+/// The sum of the samples of `metric` that carry every (label, value) of
+/// `labels` (0 when there is none).
+pub fn sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(text)
+        .iter()
+        .filter(|s| s.name == metric && labels.iter().all(|(k, v)| s.label(k) == Some(*v)))
+        .map(|s| s.value)
+        .sum()
+}
 
 /// The repository's root (dashboards/ lives there).
 pub fn repo_root() -> PathBuf {
@@ -223,8 +290,6 @@ impl PrometheusServer {
     /// One instant query through the HTTP API; `None` when the server does
     /// not answer (yet).
     pub fn query(&self, promql: &str) -> Option<serde_json::Value> {
-        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         let q: String = promql
             .bytes()
             .map(|b| match b {
@@ -234,16 +299,13 @@ impl PrometheusServer {
                 _ => format!("%{b:02X}"),
             })
             .collect();
-        write!(
-            s,
-            "GET /api/v1/query?query={q} HTTP/1.0\r\nHost: {}\r\n\r\n",
-            self.addr
+        let body = crate::http::get(
+            self.addr,
+            &format!("/api/v1/query?query={q}"),
+            Duration::from_secs(5),
         )
         .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let body = out.split_once("\r\n\r\n")?.1;
-        serde_json::from_str(body).ok()
+        serde_json::from_str(&body).ok()
     }
 
     /// The series of a successful query with at least one result.
@@ -269,6 +331,26 @@ impl Drop for PrometheusServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_are_summed_by_label() {
+        let text = "# HELP x\nl2announcer_responses_sent_total{ip=\"192.0.2.100\",interface=\"eth0\"} 5\nl2announcer_responses_sent_total{ip=\"192.0.2.101\",interface=\"eth0\"} 2\nl2announcer_leases_held 1\nl2announcer_info{version=\"a,b\"} 1\n";
+        let all = samples(text);
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0].label("interface"), Some("eth0"));
+        assert_eq!(all[3].label("version"), Some("a,b"));
+        assert_eq!(sum(text, "l2announcer_responses_sent_total", &[]), 7.0);
+        assert_eq!(
+            sum(
+                text,
+                "l2announcer_responses_sent_total",
+                &[("ip", "192.0.2.101")]
+            ),
+            2.0
+        );
+        assert_eq!(sum(text, "l2announcer_leases_held", &[]), 1.0);
+        assert_eq!(sum(text, "l2announcer_leases", &[]), 0.0);
+    }
 
     #[test]
     fn names_are_found_and_histogram_series_match_their_family() {

@@ -13,10 +13,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use actors::announce::GratuitousConfig;
-use integration::datapath_lab::{AgentConfig, InProcessAgent, wait_for};
-use integration::netns::{CLIENT_V4, Netns, VethLab, format_mac};
+use integration::datapath_lab::{AgentConfig, InProcessAgent};
+use integration::netns::{CLIENT_V4, Netns, VethLab};
 use integration::pcap::Tcpdump;
+use integration::poll::wait_for;
 use integration::probe::{ArpPacket, ArpProber, PacedRequest, monotonic_ns, paced};
+use integration::resolvers;
 use statedb::Status;
 
 const V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
@@ -88,44 +90,14 @@ fn once() -> GratuitousConfig {
     }
 }
 
-/// Real `arping` from the client; the MACs of the replies (upper case as
-/// arping prints them, lower-cased here).
-fn arping(client: &Netns, ifname: &str, ip: Ipv4Addr, count: u32, wait_s: u32) -> Vec<String> {
-    let out = client
-        .output(
-            "arping",
-            &[
-                "-I",
-                ifname,
-                "-c",
-                &count.to_string(),
-                "-w",
-                &wait_s.to_string(),
-                &ip.to_string(),
-            ],
-        )
-        .expect("run arping");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter(|l| l.contains(&format!("reply from {ip} ")))
-        .filter_map(|l| l.split('[').nth(1)?.split(']').next())
-        .map(str::to_lowercase)
-        .collect()
+/// Real `arping` from the client: the MACs that answered.
+fn arping(client: &Netns, ifname: &str, ip: Ipv4Addr, count: u32, wait_s: u32) -> Vec<[u8; 6]> {
+    resolvers::arping(client.name(), ifname, ip, count, wait_s).expect("run arping")
 }
 
-/// Real `ndisc6` from the client; the target link-layer address answered.
-fn ndisc6(client: &Netns, ifname: &str, ip: Ipv6Addr) -> Option<String> {
-    let out = client
-        .output(
-            "ndisc6",
-            &["-1", "-r", "1", "-w", "500", &ip.to_string(), ifname],
-        )
-        .expect("run ndisc6");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find(|l| l.contains("Target link-layer address"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, mac)| mac.trim().to_lowercase())
+/// Real `ndisc6` from the client (one solicitation): the MACs that answered.
+fn ndisc6(client: &Netns, ifname: &str, ip: Ipv6Addr) -> Vec<[u8; 6]> {
+    resolvers::ndisc6(client.name(), ifname, ip, 1, 500).expect("run ndisc6")
 }
 
 /// One tagged request from the prober; the MAC that answered within 500 ms.
@@ -229,17 +201,16 @@ fn answers_from_the_interface_mac_until_the_row_is_removed() {
         gratuitous: once(),
         ..AgentConfig::default()
     });
-    let mac = format_mac(f.lab.agent_mac);
+    let mac = f.lab.agent_mac;
     f.announce(&[V4.into(), V6.into()]);
     let eth0 = f.eth0_index();
 
-    let macs = arping(&f.lab.client, "veth0", V4, 2, 3);
-    assert!(!macs.is_empty(), "arping got no reply");
-    assert!(
-        macs.iter().all(|m| *m == mac),
-        "replies from {macs:?}, expected {mac}"
+    assert_eq!(
+        arping(&f.lab.client, "veth0", V4, 2, 3),
+        vec![mac],
+        "arping"
     );
-    assert_eq!(ndisc6(&f.lab.client, "veth0", V6), Some(mac.clone()));
+    assert_eq!(ndisc6(&f.lab.client, "veth0", V6), vec![mac]);
 
     let sent = |ip: IpAddr| {
         f.agent
@@ -268,24 +239,21 @@ fn answers_from_the_interface_mac_until_the_row_is_removed() {
 
     // Removing the IPv4 row stops ARP answers; IPv6 is untouched.
     assert!(f.agent.remove(V4.into(), "eth0").expect("remove"));
-    wait_for(WAIT, "v4 entry removed from the map", || {
+    wait_for("v4 entry removed from the map", WAIT, || {
         sent(V4.into()).is_none().then_some(())
     })
     .expect("v4 entry gone");
-    assert_eq!(
-        arping(&f.lab.client, "veth0", V4, 2, 2),
-        Vec::<String>::new()
-    );
-    assert_eq!(ndisc6(&f.lab.client, "veth0", V6), Some(mac));
+    assert!(arping(&f.lab.client, "veth0", V4, 2, 2).is_empty());
+    assert_eq!(ndisc6(&f.lab.client, "veth0", V6), vec![mac]);
 
     // The last row gone: no answers and the program is detached.
     assert!(f.agent.remove(V6.into(), "eth0").expect("remove"));
-    wait_for(WAIT, "responder detached from eth0", || {
+    wait_for("responder detached from eth0", WAIT, || {
         let attached = f.agent.attached().expect("attached");
         (sent(V6.into()).is_none() && attached.is_empty()).then_some(())
     })
     .expect("v6 entry gone and detached");
-    assert_eq!(ndisc6(&f.lab.client, "veth0", V6), None);
+    assert!(ndisc6(&f.lab.client, "veth0", V6).is_empty());
 }
 
 #[test]
@@ -334,10 +302,7 @@ fn a_stopped_agent_goes_quiet_when_liveness_expires() {
             .all(|r| r.reply.is_none_or(|(_, m)| m == f.lab.agent_mac))
     );
     assert_stops_at_deadline("liveness", &cutoff(&reqs, expiry));
-    assert_eq!(
-        arping(&f.lab.client, "veth0", V4, 1, 1),
-        Vec::<String>::new()
-    );
+    assert!(arping(&f.lab.client, "veth0", V4, 1, 1).is_empty());
 }
 
 #[test]
@@ -375,17 +340,16 @@ fn answers_stop_at_the_lease_fence_deadline() {
     )
     .expect("paced probe");
     assert_stops_at_deadline("fence", &cutoff(&reqs, deadline));
-    assert_eq!(
-        arping(&f.lab.client, "veth0", V4, 1, 1),
-        Vec::<String>::new()
-    );
+    assert!(arping(&f.lab.client, "veth0", V4, 1, 1).is_empty());
 
     // The next renewal opens the fence again.
     f.agent
         .open_fence(SERVICE, Instant::now() + Duration::from_secs(60))
         .expect("fence opened");
-    let mac = format_mac(f.lab.agent_mac);
-    assert_eq!(arping(&f.lab.client, "veth0", V4, 1, 2), vec![mac]);
+    assert_eq!(
+        arping(&f.lab.client, "veth0", V4, 1, 2),
+        vec![f.lab.agent_mac]
+    );
 }
 
 #[test]
@@ -467,7 +431,7 @@ fn a_recreated_interface_is_answered_again_at_once() {
     f.lab
         .add_pair("eth1", eth1_mac, "veth1", veth1_mac)
         .expect("eth1 again");
-    let after = wait_for(WAIT, "eth1 under a new index", || {
+    let after = wait_for("eth1 under a new index", WAIT, || {
         f.agent
             .wait_device("eth1", WAIT)
             .ok()
@@ -476,7 +440,7 @@ fn a_recreated_interface_is_answered_again_at_once() {
     })
     .expect("new index");
     let recreated = Instant::now();
-    wait_for(Duration::from_secs(1), "entry on the new index", || {
+    wait_for("entry on the new index", Duration::from_secs(1), || {
         f.agent.entry(ip, after).ok().flatten()
     })
     .unwrap_or_else(|e| panic!("{e} ({:?} after the device row)", recreated.elapsed()));
@@ -515,8 +479,14 @@ fn tcpdump_captures_gratuitous_arp_and_unsolicited_na_when_a_row_is_added() {
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("garp.pcap");
-    let dump = Tcpdump::start(&f.lab.client, "veth0", &path, &["arp", "or", "icmp6"], WAIT)
-        .expect("tcpdump");
+    let dump = Tcpdump::start(
+        f.lab.client.name(),
+        "veth0",
+        &path,
+        &["arp", "or", "icmp6"],
+        WAIT,
+    )
+    .expect("tcpdump");
 
     let mac = f.lab.agent_mac;
     f.announce(&[V4.into(), V6.into()]);
@@ -542,7 +512,7 @@ fn tcpdump_captures_gratuitous_arp_and_unsolicited_na_when_a_row_is_added() {
         }
         (requests, replies, nas)
     };
-    let (requests, replies, nas) = wait_for(WAIT, "two of each announcement", || {
+    let (requests, replies, nas) = wait_for("two of each announcement", WAIT, || {
         let cap = dump.read().ok()?;
         let c = classify(&cap);
         (c.0.len() >= 2 && c.1.len() >= 2 && c.2.len() >= 2).then_some(c)

@@ -18,7 +18,7 @@ use integration::lab::{
     self, EXT_SERVICE, EXT_V4, EXT_V6, LB_SERVICE, LB_V4, LB_V6, LEASE_DURATION, Lab, LabConfig,
     RETRY_PERIOD,
 };
-use integration::netns::parse_mac;
+use integration::poll::wait_until;
 use integration::probe::monotonic_ns;
 use integration::prom;
 use integration::rbac;
@@ -43,7 +43,7 @@ fn new_lab() -> Lab {
 }
 
 fn mac(lab: &Lab, node: &str) -> [u8; 6] {
-    parse_mac(&lab.state.node(node).expect("node").mac).expect("mac")
+    lab.state.mac(node).expect("node MAC")
 }
 
 fn holder(lab: &Lab, svc: &str, not: Option<&str>) -> String {
@@ -63,13 +63,11 @@ fn every_vip_is_answered_by_the_lease_holder_only() {
     for (svc, v4, v6) in [(LB_SERVICE, LB_V4, LB_V6), (EXT_SERVICE, EXT_V4, EXT_V6)] {
         let h = holder(&lab, svc, None);
         let want = mac(&lab, &h);
+        let ip = v4.to_string();
+        let by_ip = [("ip", ip.as_str())];
         let before = lab
             .state
-            .metric(
-                &h,
-                "l2announcer_responses_sent_total",
-                &[&format!("ip=\"{v4}\"")],
-            )
+            .metric(&h, "l2announcer_responses_sent_total", &by_ip)
             .expect("metrics");
         // Paced tagged probes: every one answered, by the holder alone.
         let probe = lab.probe(v4, Duration::from_millis(5)).expect("probe");
@@ -93,16 +91,14 @@ fn every_vip_is_answered_by_the_lease_holder_only() {
             format!("served by {h}")
         );
         // The responder's counters reach /metrics (liveness-interval scrape).
-        lab::wait_until(
+        wait_until::<_, lab::LabError>(
             "responses_sent_total to grow",
             Duration::from_secs(10),
             Duration::from_millis(100),
             || {
-                let now = lab.state.metric(
-                    &h,
-                    "l2announcer_responses_sent_total",
-                    &[&format!("ip=\"{v4}\"")],
-                )?;
+                let now = lab
+                    .state
+                    .metric(&h, "l2announcer_responses_sent_total", &by_ip)?;
                 Ok((now >= before + 100.0).then_some(now))
             },
         )
@@ -164,15 +160,18 @@ fn sigkill_of_the_holder_fails_over_within_the_lease() {
     let probe = lab.probe(LB_V4, Duration::from_millis(10)).expect("probe");
     wait_answers(&probe, old_mac, 0, 10);
     // What each candidate's /metrics say before the failover.
-    let lb_ip = format!("ip=\"{LB_V4}\"");
-    let watched: [(&str, &[&str]); 4] = [
+    let lb_ip = LB_V4.to_string();
+    let watched: [(&str, &[(&str, &str)]); 4] = [
         (
             "l2announcer_lease_acquisitions_total",
-            &["reason=\"takeover\""],
+            &[("reason", "takeover")],
         ),
         ("l2announcer_takeover_latency_seconds_count", &[]),
         ("l2announcer_takeover_latency_seconds_sum", &[]),
-        ("l2announcer_gratuitous_sent_total", &[lb_ip.as_str()]),
+        (
+            "l2announcer_gratuitous_sent_total",
+            &[("ip", lb_ip.as_str())],
+        ),
     ];
     let scrape = |node: &str| -> Vec<f64> {
         watched
@@ -224,7 +223,7 @@ fn sigkill_of_the_holder_fails_over_within_the_lease() {
         .get(&new)
         .expect("new holder was a candidate")
         .clone();
-    let after = lab::wait_until(
+    let after = wait_until::<_, lab::LabError>(
         "the new holder's metrics to move",
         Duration::from_secs(10),
         Duration::from_millis(100),
@@ -419,7 +418,7 @@ fn prometheus_scrapes_the_lab_agents_and_the_dashboards_match_them() {
     // use (a labelled metric appears once it has a series: the responses of
     // a VIP on its holder, after the next liveness refresh).
     let mut unknown = Vec::new();
-    lab::wait_until(
+    wait_until::<_, lab::LabError>(
         "the dashboards' metrics on the agents",
         Duration::from_secs(10),
         Duration::from_millis(200),
@@ -441,7 +440,7 @@ fn prometheus_scrapes_the_lab_agents_and_the_dashboards_match_them() {
         let series = server.series(promql)?;
         series[0]["value"][1].as_str().map(str::to_string)
     };
-    let held = lab::wait_until(
+    let held = wait_until::<_, lab::LabError>(
         "prometheus to scrape every agent",
         Duration::from_secs(60),
         Duration::from_millis(250),
@@ -542,7 +541,7 @@ fn the_lab_binary_demo_and_its_pieces() {
         .unwrap_or_else(|| panic!("no kubeconfig in:\n{out}"))
         .trim()
         .to_string();
-    let leases = lab::wait_until(
+    let leases = wait_until::<_, lab::LabError>(
         "two held leases through kubectl",
         Duration::from_secs(20),
         Duration::from_millis(200),
@@ -628,7 +627,7 @@ fn a_low_client_rate_limit_shows_in_metrics_and_logs() {
     lab.start("node-1").expect("start");
     lab.wait_ready("node-1", Duration::from_secs(20))
         .expect("ready");
-    let waited = lab::wait_until(
+    let waited = wait_until::<_, lab::LabError>(
         "throttling in node-1's /metrics",
         Duration::from_secs(30),
         Duration::from_millis(200),
@@ -648,7 +647,7 @@ fn a_low_client_rate_limit_shows_in_metrics_and_logs() {
     )
     .expect("throttled requests counted");
     let log_path = lab.state.node("node-1").expect("node").log.clone();
-    let log = lab::wait_until(
+    let log = wait_until::<_, lab::LabError>(
         "the sizing warning in node-1's log",
         Duration::from_secs(30),
         Duration::from_millis(200),
@@ -688,7 +687,7 @@ fn an_api_server_outage_stops_no_agent_and_one_holder_answers_after() {
     }
     // The lease object still names the holder from before the outage until
     // someone renews or takes it: go by the answers, then by the lease.
-    let answering = lab::wait_until(
+    let answering = wait_until::<_, lab::LabError>(
         "20 answers from one MAC after the outage",
         Duration::from_secs(30),
         Duration::from_millis(20),
@@ -710,7 +709,7 @@ fn an_api_server_outage_stops_no_agent_and_one_holder_answers_after() {
     let t = lab::takeover(&probes, answering, t_down);
     assert_eq!(t.doubly_answered, 0, "two MACs answered one probe: {t:?}");
     // Whoever answers after the outage holds the lease.
-    let holder_now = lab::wait_until(
+    let holder_now = wait_until::<_, lab::LabError>(
         "the lease to name the answering node",
         Duration::from_secs(10),
         Duration::from_millis(50),
@@ -718,7 +717,7 @@ fn an_api_server_outage_stops_no_agent_and_one_holder_answers_after() {
             Ok(lab.holder(LB_SERVICE)?.filter(|h| {
                 lab.state
                     .node(h)
-                    .is_ok_and(|n| parse_mac(&n.mac) == Some(answering))
+                    .is_ok_and(|n| integration::mac::parse(&n.mac) == Some(answering))
             }))
         },
     )

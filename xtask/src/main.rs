@@ -4,6 +4,8 @@
 //!   runs `cargo fmt --check`, `cargo clippy -D warnings`, every test and the
 //!   image checks on the debug binary (`image --debug`).
 //! * `lab`   — the virtual LAN demo (see the README).
+//! * `chaos` — the chaos suite's long profile in a lab (`--minutes N`,
+//!   default 30; `--seed S`); its short profile runs in `test`.
 //! * `bench` — benchmarks, printed as ratios against a baseline of the same run.
 //! * `fuzz`  — the long profile of the datapath's property test against its
 //!   reference model (bpf/tests/conformance.rs), in release mode.
@@ -46,16 +48,19 @@ fn main() -> ExitCode {
         Some("test") => setup().and_then(|()| test(&args[1..])),
         Some("setup") => setup(),
         Some("lab") => setup().and_then(|()| lab(&args[1..])),
+        Some("chaos") => setup().and_then(|()| chaos(&args[1..])),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => setup().and_then(|()| fuzz(&args[1..])),
         Some("image") => setup().and_then(|()| image::image(&args[1..])),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|setup|lab|bench|fuzz|image> [args]\n  \
+                "usage: cargo xtask <test|setup|lab|chaos|bench|fuzz|image> [args]\n  \
                  test [-- cargo test args]   install what is missing, fmt, clippy, all tests\n  \
                  setup                      install the system packages only\n  \
                  lab [up|down|kill NODE [--signal SIG]|start NODE|exec NODE -- CMD]\n  \
                                             the virtual LAN demo and its pieces\n  \
+                 chaos [--minutes N] [--seed S] [--short]\n  \
+                                            faults in a lab, one answerer per IP checked\n  \
                  bench [statedb|datapath]   benchmarks\n  \
                  fuzz [--cases N] [--seed S] the datapath against its model, N cases per\n  \
                                             program (default 1000000), release build\n  \
@@ -235,20 +240,31 @@ fn test(extra: &[String]) -> Result {
     image::image(&["--debug".to_string()])
 }
 
-/// Builds the agent and the lab binary, then runs `target/debug/lab` with
-/// the arguments (none: the full demo). Needs root (namespaces, eBPF).
-fn lab(args: &[String]) -> Result {
+/// Builds the agent and the integration binaries, then runs
+/// `target/debug/<bin>` with the arguments. Needs root (namespaces, eBPF).
+fn run_lab_binary(bin: &str, args: &[String]) -> Result {
     run(cargo().args(["build", "-p", "l2announcer", "-p", "integration", "--bins"]))?;
-    let status = Command::new(target_dir().join("debug").join("lab"))
+    let status = Command::new(target_dir().join("debug").join(bin))
         .args(args)
         .current_dir(workspace_root())
         .status()
-        .map_err(|e| format!("cannot start the lab: {e}"))?;
+        .map_err(|e| format!("cannot start {bin}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("lab {} failed with {status}", args.join(" ")))
+        Err(format!("{bin} {} failed with {status}", args.join(" ")))
     }
+}
+
+/// `target/debug/lab` with the arguments (none: the full demo).
+fn lab(args: &[String]) -> Result {
+    run_lab_binary("lab", args)
+}
+
+/// `target/debug/chaos` with the arguments: the long profile (report in
+/// target/chaos/).
+fn chaos(args: &[String]) -> Result {
+    run_lab_binary("chaos", args)
 }
 
 fn bench(args: &[String]) -> Result {

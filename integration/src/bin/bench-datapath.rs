@@ -15,7 +15,8 @@ use actors::announce::GratuitousConfig;
 use anyhow::{Context, bail};
 use clap::Parser;
 use integration::datapath_lab::{AgentConfig, InProcessAgent};
-use integration::netns::{CLIENT_V4, VethLab, format_mac};
+use integration::mac::format as format_mac;
+use integration::netns::{CLIENT_V4, VethLab};
 use integration::probe::{ArpProber, FloodResult, RttSamples, flood, interleaved_rtt};
 use statedb::Status;
 

@@ -21,7 +21,8 @@ use integration::lab::{
     self, AnnouncementKind, EXT_SERVICE, EXT_V4, EXT_V6, LB_SERVICE, LB_V4, LB_V6, Lab, LabConfig,
     LabError, LabState, Takeover,
 };
-use integration::netns::format_mac;
+use integration::mac::format as format_mac;
+use integration::poll::{self, wait_until};
 use integration::probe::monotonic_ns;
 
 fn main() -> ExitCode {
@@ -111,7 +112,7 @@ fn up() -> Result<u8, LabError> {
         what: "starting the lab host".into(),
         source,
     })?;
-    lab::wait_until(
+    wait_until(
         "the lab to come up",
         Duration::from_secs(60),
         Duration::from_millis(100),
@@ -139,8 +140,8 @@ fn up() -> Result<u8, LabError> {
     println!("API server: {}", s.apiserver);
     for n in &s.nodes {
         println!(
-            "{}: netns {} eth0 {} {} {} metrics http://{}/metrics",
-            n.name, n.netns, n.mac, n.v4, n.v6, n.metrics_addr
+            "{}: netns {} eth0 {} {} {} eth1 {} metrics http://{}/metrics",
+            n.name, n.netns, n.mac, n.v4, n.v6, n.mgmt, n.metrics_addr
         );
     }
     println!(
@@ -156,7 +157,7 @@ fn up() -> Result<u8, LabError> {
 
 /// The background process of `lab up`.
 fn host() -> Result<u8, LabError> {
-    lab::install_interrupt_handler();
+    poll::install_interrupt_handler();
     let cfg = config()?;
     let lab = Lab::up(&cfg)?;
     std::fs::write(cfg.dir.join("ready"), "").map_err(|source| LabError::Io {
@@ -164,7 +165,7 @@ fn host() -> Result<u8, LabError> {
         source,
     })?;
     eprintln!("lab host ready");
-    while !lab::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+    while !poll::interrupted() {
         lab.reap();
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -178,7 +179,7 @@ fn down() -> Result<u8, LabError> {
     if lab::process_alive(s.host_pid) {
         // SAFETY: kill(2) of the lab host's pid recorded in state.json.
         unsafe { libc::kill(s.host_pid as libc::pid_t, libc::SIGTERM) };
-        let waited = lab::wait_until(
+        let waited = wait_until::<_, LabError>(
             "the lab host to stop",
             Duration::from_secs(15),
             Duration::from_millis(50),
@@ -223,7 +224,7 @@ fn kill(args: &[String]) -> Result<u8, LabError> {
     let pid = state()?.signal_agent(node, sig)?;
     println!("sent signal {sig} to the agent of {node} (pid {pid})");
     if sig == libc::SIGKILL || sig == libc::SIGTERM || sig == libc::SIGINT {
-        lab::wait_until(
+        wait_until::<_, LabError>(
             &format!("the agent of {node} to exit"),
             Duration::from_secs(15),
             Duration::from_millis(20),
@@ -270,12 +271,11 @@ fn node_of(lab: &Lab, mac: [u8; 6]) -> String {
 }
 
 fn mac_of(lab: &Lab, node: &str) -> Result<[u8; 6], LabError> {
-    let n = lab.state.node(node)?;
-    integration::netns::parse_mac(&n.mac).ok_or_else(|| LabError::State("bad MAC".into()))
+    lab.state.mac(node)
 }
 
 fn demo() -> Result<u8, LabError> {
-    lab::install_interrupt_handler();
+    poll::install_interrupt_handler();
     let cfg = config()?;
     let started = std::time::Instant::now();
     println!(
@@ -306,7 +306,7 @@ fn demo() -> Result<u8, LabError> {
     for (svc, v4, v6) in [(LB_SERVICE, LB_V4, LB_V6), (EXT_SERVICE, EXT_V4, EXT_V6)] {
         let holder = lab.wait_holder(svc, None, Duration::from_secs(10))?;
         let want = mac_of(&lab, &holder)?;
-        let arp = lab::wait_until(
+        let arp = wait_until::<_, LabError>(
             "ARP answer",
             Duration::from_secs(10),
             Duration::from_millis(100),
@@ -315,7 +315,7 @@ fn demo() -> Result<u8, LabError> {
                 Ok((!m.is_empty()).then_some(m))
             },
         )?;
-        let nd = lab::wait_until(
+        let nd = wait_until::<_, LabError>(
             "NDP answer",
             Duration::from_secs(10),
             Duration::from_millis(100),
@@ -371,7 +371,14 @@ fn demo() -> Result<u8, LabError> {
     probe.wait_answers(new_mac, t_kill, 50)?;
     let probes = probe.stop(Duration::from_millis(200))?;
     let tk = lab::takeover(&probes, old_mac, t_kill.saturating_sub(200_000_000));
-    let ann = capture.wait_announced(LB_V4, LB_V6, new_mac, t_kill, Duration::from_secs(5));
+    // The announcements of the LoadBalancer Service's VIPs.
+    let ann = capture
+        .wait_announced(LB_V4, LB_V6, new_mac, t_kill, Duration::from_secs(5))
+        .map(|all| {
+            all.into_iter()
+                .filter(|a| a.ip == IpAddr::V4(LB_V4) || a.ip == IpAddr::V6(LB_V6))
+                .collect::<Vec<_>>()
+        });
     println!("   takeover timeline (t=0: SIGKILL of {old}):");
     println!("   {}  SIGKILL {old}", ms(t_kill, t_kill));
     print_timeline(&tk, &ann, t_kill, new_mac, &old, &new, Some(t_lease));
