@@ -66,6 +66,29 @@ pub enum ResponderMode {
     Xdp,
 }
 
+/// How the node announcing each claim is elected (see actors::lease).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Election {
+    /// A heartbeat Lease per node and an assignment record: API cost
+    /// O(nodes).
+    NodeHeartbeat,
+    /// Cilium's scheme: one Lease per Service, renewed every retry period.
+    PerService,
+    /// per-service with candidates polling every Lease (benchmark only).
+    #[value(hide = true)]
+    ClientGo,
+}
+
+impl From<Election> for actors::lease::ElectionMode {
+    fn from(e: Election) -> Self {
+        match e {
+            Election::NodeHeartbeat => actors::lease::ElectionMode::NodeHeartbeat,
+            Election::PerService => actors::lease::ElectionMode::PerService,
+            Election::ClientGo => actors::lease::ElectionMode::ClientGo,
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -92,6 +115,10 @@ pub struct Config {
     #[arg(long = RETRY_PERIOD, id = "L2AnnouncerRetryPeriod")]
     #[arg(value_name = "DURATION", default_value = "2s", value_parser = nonzero_duration)]
     pub retry_period: Duration,
+    /// How the announcing node is elected: node-heartbeat (one heartbeat per node, API cost O(nodes)) or per-service (a Lease per Service, as Cilium)
+    #[arg(long = "l2-announcements-election", id = "L2AnnouncementsElection")]
+    #[arg(value_name = "VALUE", default_value = "node-heartbeat", value_parser = choice::<Election>)]
+    pub l2_announcements_election: Election,
     /// Sustained Kubernetes API requests per second (token bucket rate)
     #[arg(long = "k8s-client-qps", id = "K8sClientQPS")]
     #[arg(value_name = "NUMBER", default_value = "5", value_parser = positive_number)]
@@ -668,6 +695,7 @@ pub(crate) mod value {
             let names: Vec<String> = T::value_variants()
                 .iter()
                 .filter_map(|v| v.to_possible_value())
+                .filter(|p| !p.is_hide_set())
                 .map(|p| p.get_name().to_string())
                 .collect();
             Refused(format!("expected {}, got {value:?}", names.join(" or ")))

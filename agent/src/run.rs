@@ -124,6 +124,7 @@ async fn start_actors(
         &config.k8s_namespace,
         timing,
     )
+    .election(config.l2_announcements_election.into())
     .external_ips(config.enable_external_ips)
     .client_qps(config.k8s_client_qps)
     .client_budget(budget)

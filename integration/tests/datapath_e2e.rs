@@ -598,7 +598,7 @@ fn announcements_wait_for_the_fence_and_stop_when_it_closes() {
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let dump = Tcpdump::start(
-        &f.lab.client,
+        f.lab.client.name(),
         "veth0",
         &dir.path().join("g.pcap"),
         &["arp", "or", "icmp6"],
@@ -623,7 +623,7 @@ fn announcements_wait_for_the_fence_and_stop_when_it_closes() {
     // arping waits a second: several repeat intervals of observation.
     assert_eq!(
         arping(&f.lab.client, "veth0", V4, 1, 1),
-        Vec::<String>::new()
+        Vec::<[u8; 6]>::new()
     );
     let cap = dump.read().expect("capture");
     assert!(
@@ -635,7 +635,7 @@ fn announcements_wait_for_the_fence_and_stop_when_it_closes() {
     f.agent
         .open_fence(SERVICE, Instant::now() + Duration::from_secs(60))
         .expect("open");
-    wait_for(WAIT, "two announcements", || {
+    wait_for("two announcements", WAIT, || {
         let cap = dump.read().ok()?;
         (announcements_from(&cap, mac).len() >= 2).then_some(())
     })
@@ -652,7 +652,7 @@ fn announcements_wait_for_the_fence_and_stop_when_it_closes() {
     );
     assert_eq!(
         arping(&f.lab.client, "veth0", V4, 2, 2),
-        Vec::<String>::new()
+        Vec::<[u8; 6]>::new()
     );
     let cap = dump.read().expect("capture");
     drop(dump);
@@ -698,7 +698,7 @@ fn a_restarted_agent_neither_rearms_nor_announces_what_its_previous_run_left() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let dump = Tcpdump::start(
-        &f.lab.client,
+        f.lab.client.name(),
         "veth0",
         &dir.path().join("r.pcap"),
         &["arp", "or", "icmp6"],
@@ -715,10 +715,7 @@ fn a_restarted_agent_neither_rearms_nor_announces_what_its_previous_run_left() {
         .open_fence(SERVICE, until)
         .expect("open in the new run");
     // The inherited entries still answer under the old fence (no gap)...
-    assert_eq!(
-        arping(&f.lab.client, "veth0", V4, 1, 2),
-        vec![format_mac(mac)]
-    );
+    assert_eq!(arping(&f.lab.client, "veth0", V4, 1, 2), vec![mac]);
     // ...which the new run did not touch: neither re-armed nor cleared.
     assert_eq!(f.agent.fence_ns(slot_a).expect("fence"), old_deadline);
     assert_eq!(f.agent.fence_ns(slot_6).expect("fence"), old_deadline);
@@ -735,14 +732,14 @@ fn a_restarted_agent_neither_rearms_nor_announces_what_its_previous_run_left() {
     f.agent
         .upsert(V4.into(), "eth0", &[SERVICE])
         .expect("upsert");
-    let adopted = wait_for(WAIT, "V4 under this run's fence", || {
+    let adopted = wait_for("V4 under this run's fence", WAIT, || {
         let d = f.agent.fence_ns(slot_a).ok()?;
         (d != old_deadline).then_some(d)
     })
     .expect("adopted");
     assert!(adopted < old_deadline, "took this run's shorter fence");
     assert_eq!(slot_of(&f, V4.into()), slot_a, "never re-pointed");
-    wait_for(WAIT, "V4 announced by the new run", || {
+    wait_for("V4 announced by the new run", WAIT, || {
         let cap = dump.read().ok()?;
         announcements_from(&cap, mac)
             .iter()
@@ -755,7 +752,7 @@ fn a_restarted_agent_neither_rearms_nor_announces_what_its_previous_run_left() {
 
     // The other claim is decided elsewhere: its row goes, so does its entry.
     assert!(f.agent.remove(v4b.into(), "eth0").expect("remove"));
-    wait_for(WAIT, "the other claim's entry removed", || {
+    wait_for("the other claim's entry removed", WAIT, || {
         f.agent
             .entry(v4b.into(), eth0)
             .ok()?
@@ -765,7 +762,7 @@ fn a_restarted_agent_neither_rearms_nor_announces_what_its_previous_run_left() {
     .expect("removed");
     assert_eq!(
         arping(&f.lab.client, "veth0", v4b, 1, 1),
-        Vec::<String>::new()
+        Vec::<[u8; 6]>::new()
     );
 }
 
@@ -778,11 +775,11 @@ fn a_changed_interface_mac_is_answered_with_and_announced_at_once() {
     f.announce(&[V4.into(), V6.into()]);
     assert_eq!(
         arping(&f.lab.client, "veth0", V4, 1, 2),
-        vec![format_mac(f.lab.agent_mac)]
+        vec![f.lab.agent_mac]
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let dump = Tcpdump::start(
-        &f.lab.client,
+        f.lab.client.name(),
         "veth0",
         &dir.path().join("m.pcap"),
         &["arp", "or", "icmp6"],
@@ -793,18 +790,21 @@ fn a_changed_interface_mac_is_answered_with_and_announced_at_once() {
     let new_mac = [0x02, 0xa0, 0, 0, 0, 0x77];
     f.lab
         .agent
-        .ip(&["link", "set", "eth0", "address", &format_mac(new_mac)])
+        .ip(&[
+            "link",
+            "set",
+            "eth0",
+            "address",
+            &integration::mac::format(new_mac),
+        ])
         .expect("set address");
     let prober = f.prober("veth0");
-    wait_for(WAIT, "answers from the new MAC", || {
+    wait_for("answers from the new MAC", WAIT, || {
         (probe_once(&prober, V4) == Some(new_mac)).then_some(())
     })
     .expect("new MAC answers");
-    assert_eq!(
-        ndisc6(&f.lab.client, "veth0", V6),
-        Some(format_mac(new_mac))
-    );
-    wait_for(WAIT, "gratuitous ARP and NA from the new MAC", || {
+    assert_eq!(ndisc6(&f.lab.client, "veth0", V6), vec![new_mac]);
+    wait_for("gratuitous ARP and NA from the new MAC", WAIT, || {
         let cap = dump.read().ok()?;
         (announcements_from(&cap, new_mac).len() >= 3).then_some(())
     })
