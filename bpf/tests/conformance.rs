@@ -325,13 +325,15 @@ fn ns_seed(rng: &mut Rng, setup: &Setup, ifindex: u32, ours: Mac) -> Vec<u8> {
     } else {
         rng.chance(85)
     };
-    let source_mac = slla.then(|| {
-        if rng.chance(85) {
-            PEER
-        } else {
-            mac_of(rng, setup, ours)
-        }
-    });
+    let slla_mac = if rng.chance(85) {
+        PEER
+    } else {
+        mac_of(rng, setup, ours)
+    };
+    // Sometimes the first SLLA option is two units long (invalid for
+    // Ethernet): written as a raw option instead.
+    let long_slla = slla && rng.chance(10);
+    let source_mac = (slla && !long_slla).then_some(slla_mac);
     let eth_src = if rng.chance(90) {
         PEER
     } else {
@@ -347,14 +349,25 @@ fn ns_seed(rng: &mut Rng, setup: &Setup, ifindex: u32, ours: Mac) -> Vec<u8> {
         source_mac,
         other_options: Vec::new(),
     };
+    if long_slla {
+        let mut body = slla_mac.to_vec();
+        body.extend_from_slice(&[0; 8]);
+        ns = ns.with_option(frame::OPT_SOURCE_LL_ADDR, &body);
+    }
     if rng.chance(20) {
         ns = ns.with_option(14, &rng.bytes(6)); // nonce (RFC 7527)
     }
-    if rng.chance(10) {
-        // Another option, possibly a second SLLA or a TLLA, of 1-3 units.
+    if rng.chance(25) {
+        // Another option, possibly a (first or second) SLLA or a TLLA, of
+        // 1-3 units.
         let units = 1 + rng.below(3);
-        let kind = rng.pick(&[3u8, 5, 200, 1, 2]);
+        let kind = rng.pick(&[3u8, 5, 200, 1, 2, 14]);
         ns = ns.with_option(kind, &rng.bytes(units * 8 - 2));
+    }
+    if rng.chance(5) {
+        // A long one: the message reaches or passes the 256-byte limit.
+        let units = 20 + rng.below(10);
+        ns = ns.with_option(200, &rng.bytes(units * 8 - 2));
     }
     let mut f = ns.to_bytes();
     if rng.chance(5) {
