@@ -275,6 +275,16 @@ static __always_inline bool ctx_resize(void *ctx, __u32 len, const bool xdp)
 	return bpf_skb_change_tail(ctx, len, 0) == 0;
 }
 
+/* Copies `len` bytes at `off` of the frame into `buf` (which may span the
+ * non-linear part of an skb or further XDP buffers); false when the frame is
+ * shorter. */
+static __always_inline bool ctx_load(void *ctx, __u32 off, void *buf, __u32 len, const bool xdp)
+{
+	if (xdp)
+		return bpf_xdp_load_bytes(ctx, off, buf, len) == 0;
+	return bpf_skb_load_bytes(ctx, off, buf, len) == 0;
+}
+
 /* ---- gates --------------------------------------------------------------- */
 
 /* The agent refreshed agent_liveness[0] less than max_liveness_ns ago. An
@@ -550,6 +560,65 @@ static __always_inline __u32 csum_pseudo(const __u8 *saddr, const __u8 *daddr, _
 	return sum;
 }
 
+/* The ICMPv6 message of a solicitation, copied out of the frame and zero
+ * padded (zeros add nothing to the checksum), and the state of the option
+ * walk. Working on a copy keeps the checksum a straight sum over constant
+ * offsets and lets the walk run in bpf_loop: the verifier checks one
+ * iteration instead of every path through all of them. */
+struct ns_scan {
+	__u8 msg[NS_MAX_LEN];
+	__u32 len;
+	__u32 off;
+	__u32 slla_off;
+	__u32 bad;
+};
+
+/* Scratch space for one solicitation per CPU (too large for the 512-byte
+ * stack). Not pinned: each loaded program has its own. A program runs to
+ * completion on its CPU before the next frame there, so nothing shares it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ns_scan);
+	__uint(max_entries, 1);
+} l2_responder_scratch SEC(".maps");
+
+/* One option (RFC 4861 §4.6): length > 0 and inside the message. The first
+ * Source Link-Layer Address option counts (later ones are ignored, as Linux
+ * does) and must be one unit: an Ethernet address. */
+/* bpf_loop's context must live on the stack: it carries the scratch. */
+struct ns_walk {
+	struct ns_scan *scan;
+};
+
+static long ns_option(__u32 index, void *data)
+{
+	struct ns_scan *scan = ((struct ns_walk *)data)->scan;
+	__u32 off = scan->off;
+	__u32 opt_len;
+
+	if (off >= scan->len)
+		return 1;
+	if (off > NS_MAX_LEN - 8) {
+		scan->bad = 1;
+		return 1;
+	}
+	opt_len = (__u32)scan->msg[(off + 1) & (NS_MAX_LEN - 1)] * 8;
+	if (opt_len == 0 || opt_len > scan->len - off) {
+		scan->bad = 1;
+		return 1;
+	}
+	if (scan->msg[off & (NS_MAX_LEN - 1)] == ND_OPT_SOURCE_LL_ADDR && scan->slla_off == 0) {
+		if (opt_len != 8) {
+			scan->bad = 1;
+			return 1;
+		}
+		scan->slla_off = off;
+	}
+	scan->off = off + opt_len;
+	return 0;
+}
+
 static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 {
 	struct l2_responder_v6_key key = {};
@@ -558,15 +627,14 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 	struct ip6_hdr *ip6;
 	struct ethhdr *eth;
 	struct nd_msg *ns;
-	struct na_msg na = {};
 	struct na_frame *frame;
-	__u8 reply_src[16];
 	__u8 reply_dst[16];
 	__u8 reply_mac[ETH_ALEN];
 	void *data, *end;
+	struct ns_walk walk = {};
+	struct ns_scan *scan;
+	__u32 zero = 0;
 	__u32 icmp_len;
-	__u32 slla_off;
-	__u32 off;
 	__u32 sum;
 	bool solicited_node;
 	bool dad;
@@ -624,56 +692,31 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 
 	/* The whole message: the frame must hold the IPv6 payload (bytes after
 	 * it are ignored, as the kernel trims them). */
-	if (!ctx_pull(ctx, ND_OFF + icmp_len, xdp))
+	scan = bpf_map_lookup_elem(&l2_responder_scratch, &zero);
+	if (!scan)
 		return verdict_pass(xdp);
-	data = ctx_data(ctx, xdp);
-	end = ctx_data_end(ctx, xdp);
-	ip6 = data + IP6_OFF;
-	if ((void *)(ip6 + 1) > end)
+	__builtin_memset(scan->msg, 0, sizeof(scan->msg));
+	if (!ctx_load(ctx, ND_OFF, scan->msg, icmp_len, xdp))
 		return verdict_pass(xdp);
+	scan->len = icmp_len;
+	scan->off = NS_MIN_LEN;
+	scan->slla_off = 0;
+	scan->bad = 0;
 
 	/* ICMPv6 checksum (RFC 4443 §2.3). */
 	sum = csum_pseudo(ip6->saddr, ip6->daddr, icmp_len);
-#pragma unroll
-	for (int i = 0; i < NS_MAX_LEN; i += 2) {
-		const __u8 *w = data + ND_OFF + i;
-
-		if ((__u32)i >= icmp_len)
-			break;
-		if ((void *)(w + 2) > end)
-			return verdict_pass(xdp);
-		sum += ((__u32)w[0] << 8) | w[1];
-	}
+	/* A loop the verifier walks (128 short iterations), not an unrolled
+	 * one: unrolled, its loads would overflow the 512-byte stack. */
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < NS_MAX_LEN; i += 2)
+		sum += ((__u32)scan->msg[i] << 8) | scan->msg[i + 1];
 	if (csum_fold(sum) != 0xffff)
 		return verdict_pass(xdp);
 
-	/* Options (RFC 4861 §4.6): each has a length > 0 and ends inside the
-	 * message, which they fill exactly. The first Source Link-Layer
-	 * Address option counts (later ones are ignored, as Linux does). */
-	slla_off = 0;
-	off = NS_MIN_LEN;
-#pragma unroll
-	for (int i = 0; i < NS_MAX_OPTS; i++) {
-		const __u8 *opt;
-		__u32 opt_len;
-
-		if (off >= icmp_len || off > NS_MAX_LEN - 8)
-			break;
-		opt = data + ND_OFF + off;
-		if ((void *)(opt + 2) > end)
-			return verdict_pass(xdp);
-		opt_len = (__u32)opt[1] * 8;
-		if (opt_len == 0 || opt_len > icmp_len - off)
-			return verdict_pass(xdp);
-		if (opt[0] == ND_OPT_SOURCE_LL_ADDR && slla_off == 0) {
-			/* An Ethernet address fills exactly one unit. */
-			if (opt_len != 8)
-				return verdict_pass(xdp);
-			slla_off = off;
-		}
-		off += opt_len;
-	}
-	if (off != icmp_len)
+	/* Options (RFC 4861 §4.6): together they fill the message exactly. */
+	walk.scan = scan;
+	bpf_loop(NS_MAX_OPTS, ns_option, &walk, 0);
+	if (scan->bad || scan->off != icmp_len)
 		return verdict_pass(xdp);
 
 	/* Where the reply goes at layer 2. DAD: all nodes, and the probe must
@@ -682,9 +725,8 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 	 * cache before answering; a multicast solicitation without one is not
 	 * answered (Linux answers it only from an existing neighbour entry);
 	 * a unicast one without it goes back to the Ethernet source. */
-	eth = data;
 	if (dad) {
-		if (slla_off)
+		if (scan->slla_off)
 			return verdict_pass(xdp);
 		reply_mac[0] = 0x33;
 		reply_mac[1] = 0x33;
@@ -692,12 +734,12 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 		reply_mac[3] = 0;
 		reply_mac[4] = 0;
 		reply_mac[5] = 0x01;
-	} else if (slla_off) {
-		const __u8 *lladdr = data + ND_OFF + (slla_off & 0xff) + 2;
+	} else if (scan->slla_off) {
+		__u32 at = scan->slla_off + 2;
 
-		if ((void *)(lladdr + ETH_ALEN) > end)
-			return verdict_pass(xdp);
-		__builtin_memcpy(reply_mac, lladdr, ETH_ALEN);
+#pragma unroll
+		for (int i = 0; i < ETH_ALEN; i++)
+			reply_mac[i] = scan->msg[(at + i) & (NS_MAX_LEN - 1)];
 		if (!mac_is_other_station(reply_mac, ifmac->addr))
 			return verdict_pass(xdp);
 	} else {
@@ -708,8 +750,8 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 
 	/* Solicited NA (RFC 4861 §7.2.4): from the target, to the solicitor,
 	 * Solicited + Override, with the target link-layer address; for DAD to
-	 * ff02::1 with Override only. */
-	__builtin_memcpy(reply_src, key.ip, 16);
+	 * ff02::1 with Override only. Written straight into the resized frame;
+	 * only the solicitor's address must be kept aside first. */
 	if (dad) {
 		__builtin_memset(reply_dst, 0, 16);
 		reply_dst[0] = 0xff;
@@ -718,18 +760,6 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 	} else {
 		__builtin_memcpy(reply_dst, ip6->saddr, 16);
 	}
-	na.nd.type = ND_NEIGHBOR_ADVERT;
-	na.nd.code = 0;
-	na.nd.flags = dad ? NA_FLAG_OVERRIDE : (NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE);
-	__builtin_memcpy(na.nd.target, key.ip, 16);
-	na.opt_type = ND_OPT_TARGET_LL_ADDR;
-	na.opt_len = 1;
-	__builtin_memcpy(na.opt_mac, ifmac->addr, ETH_ALEN);
-	sum = csum_pseudo(reply_src, reply_dst, NA_LEN);
-	/* Reading the struct through `__u8 *` is allowed: character types may
-	 * alias any object. */
-	sum = csum_add_be(sum, (const __u8 *)&na, NA_LEN);
-	na.nd.csum = bpf_htons((__u16)~csum_fold(sum));
 
 	if (!ctx_resize(ctx, NA_FRAME_LEN, xdp))
 		return verdict_pass(xdp);
@@ -738,22 +768,33 @@ static __always_inline int handle_ns(void *ctx, __u32 ifindex, const bool xdp)
 	frame = data;
 	if ((void *)(frame + 1) > end)
 		return verdict_drop(xdp);
-	eth = &frame->eth;
-	ip6 = &frame->ip6;
 
-	__builtin_memcpy(eth->h_dest, reply_mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, ifmac->addr, ETH_ALEN);
-	eth->h_proto = bpf_htons(ETH_P_IPV6);
-	ip6->vtc_flow[0] = 0x60;
-	ip6->vtc_flow[1] = 0;
-	ip6->vtc_flow[2] = 0;
-	ip6->vtc_flow[3] = 0;
-	ip6->payload_len = bpf_htons(NA_LEN);
-	ip6->nexthdr = IPPROTO_ICMPV6;
-	ip6->hop_limit = NDP_HOP_LIMIT;
-	__builtin_memcpy(ip6->saddr, reply_src, 16);
-	__builtin_memcpy(ip6->daddr, reply_dst, 16);
-	__builtin_memcpy(&frame->na, &na, NA_LEN);
+	__builtin_memcpy(frame->eth.h_dest, reply_mac, ETH_ALEN);
+	__builtin_memcpy(frame->eth.h_source, ifmac->addr, ETH_ALEN);
+	frame->eth.h_proto = bpf_htons(ETH_P_IPV6);
+	frame->ip6.vtc_flow[0] = 0x60;
+	frame->ip6.vtc_flow[1] = 0;
+	frame->ip6.vtc_flow[2] = 0;
+	frame->ip6.vtc_flow[3] = 0;
+	frame->ip6.payload_len = bpf_htons(NA_LEN);
+	frame->ip6.nexthdr = IPPROTO_ICMPV6;
+	frame->ip6.hop_limit = NDP_HOP_LIMIT;
+	__builtin_memcpy(frame->ip6.saddr, key.ip, 16);
+	__builtin_memcpy(frame->ip6.daddr, reply_dst, 16);
+	frame->na.nd.type = ND_NEIGHBOR_ADVERT;
+	frame->na.nd.code = 0;
+	frame->na.nd.csum = 0;
+	frame->na.nd.flags = dad ? NA_FLAG_OVERRIDE : (NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE);
+	frame->na.nd.reserved[0] = 0;
+	frame->na.nd.reserved[1] = 0;
+	frame->na.nd.reserved[2] = 0;
+	__builtin_memcpy(frame->na.nd.target, key.ip, 16);
+	frame->na.opt_type = ND_OPT_TARGET_LL_ADDR;
+	frame->na.opt_len = 1;
+	__builtin_memcpy(frame->na.opt_mac, ifmac->addr, ETH_ALEN);
+	sum = csum_pseudo(frame->ip6.saddr, frame->ip6.daddr, NA_LEN);
+	sum = csum_add_be(sum, (const __u8 *)&frame->na, NA_LEN);
+	frame->na.nd.csum = bpf_htons((__u16)~csum_fold(sum));
 
 	__sync_fetch_and_add(&entry->responses_sent, 1);
 	return verdict_send(ifindex, xdp);

@@ -2,15 +2,19 @@
 //!
 //! `responder.c` (compiled by clang in build.rs) answers ARP requests and
 //! IPv6 Neighbor Solicitations for the addresses in its maps, in the kernel,
-//! gated by agent liveness, a per-lease fence and a node fence. [`Responder`] loads it with
-//! aya, pins its maps and attachments under a bpffs directory so that a
-//! restarted agent keeps answering, and offers typed map access.
+//! gated by agent liveness, a per-lease fence and a node fence.
+//! [`Responder`] loads it with aya, pins its maps and attachments under a
+//! bpffs directory so that a restarted agent keeps answering, and offers
+//! typed map access.
+//! [`frame`] builds and parses the ARP / NS / NA frames (etherparse),
+//! [`PacketSocket`] is the AF_PACKET socket that sends and receives them,
 //! [`garp`] sends gratuitous ARP / unsolicited NA from userspace.
 //!
 //! It is not the reconciler (deciding which addresses to announce, fence slot
 //! allocation, retries) and knows nothing of Kubernetes: that is the
 //! `actors` crate. See bpf/README.md for the datapath contract.
 
+pub mod frame;
 pub mod garp;
 pub mod maps;
 mod pinned;
@@ -24,4 +28,4 @@ pub use responder::{
     AttachMode, AttachedLink, Responder, ResponderConfig, ResponderEntry, ResponderError,
     TC_PROGRAM, XDP_PROGRAM,
 };
-pub use sys::{if_nametoindex, is_on_bpffs, monotonic_now_ns};
+pub use sys::{PacketSocket, if_nametoindex, is_on_bpffs, monotonic_now_ns};

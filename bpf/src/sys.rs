@@ -1,6 +1,7 @@
 //! The few raw system calls the crate needs that neither std nor aya wrap:
-//! the monotonic clock, interface name lookup and an AF_PACKET sender. Every
-//! `unsafe` block outside the `Pod` impls lives here.
+//! the monotonic clock, interface name lookup and the AF_PACKET socket
+//! ([`PacketSocket`]). Every `unsafe` block outside the `Pod` impls lives
+//! here.
 
 use std::ffi::CString;
 use std::io;
@@ -31,26 +32,115 @@ pub fn if_nametoindex(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
-/// A raw AF_PACKET socket that sends complete Ethernet frames out of one
-/// interface. Works on interfaces without any IP address.
+/// `PACKET_IGNORE_OUTGOING` (linux/if_packet.h, kernel 4.20).
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+
+/// A raw AF_PACKET socket on one interface: sends complete Ethernet frames
+/// out of it (no IP address needed: VLANs, bonds) and, when opened with
+/// [`PacketSocket::bind`], receives the frames of one EtherType arriving
+/// on it. The one packet socket type of the project: the gratuitous ARP /
+/// NA sender and the integration probes both use it.
+#[derive(Debug)]
 pub struct PacketSocket {
     fd: OwnedFd,
     ifindex: u32,
 }
 
 impl PacketSocket {
-    /// Opens a send-only packet socket for `ifindex` (protocol 0: it receives
-    /// nothing).
-    pub fn open(ifindex: u32) -> io::Result<Self> {
+    /// A send-only socket for `ifindex` (protocol 0: it receives nothing).
+    pub fn sender(ifindex: u32) -> io::Result<PacketSocket> {
+        Self::socket(ifindex, 0)
+    }
+
+    /// A socket bound to `ifindex` that receives every frame of `ethertype`
+    /// arriving on the interface (whatever its destination MAC), but not
+    /// the frames it or others send out of it.
+    pub fn bind(ifindex: u32, ethertype: u16) -> io::Result<PacketSocket> {
+        let proto = ethertype.to_be();
+        let socket = Self::socket(ifindex, proto)?;
+        socket.setsockopt(libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)?;
+        let mut addr = socket.link_address(proto)?;
+        addr.sll_halen = 0;
+        // SAFETY: `addr` is a valid sockaddr_ll for the length given.
+        let rc = unsafe {
+            libc::bind(
+                socket.fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Frames of other interfaces may have queued before bind().
+        let mut buf = [0u8; 64];
+        while socket.try_recv(&mut buf)?.is_some() {}
+        Ok(socket)
+    }
+
+    fn socket(ifindex: u32, proto_be: u16) -> io::Result<PacketSocket> {
         // SAFETY: plain socket(2) call; the returned descriptor is checked
         // and immediately owned.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(proto_be),
+            )
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        Ok(Self { fd, ifindex })
+        Ok(PacketSocket { fd, ifindex })
+    }
+
+    /// The interface this socket sends on (and receives from, when bound).
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    fn link_address(&self, proto_be: u16) -> io::Result<libc::sockaddr_ll> {
+        let ifindex = i32::try_from(self.ifindex)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto_be;
+        addr.sll_ifindex = ifindex;
+        addr.sll_halen = 6;
+        Ok(addr)
+    }
+
+    fn setsockopt(
+        &self,
+        level: libc::c_int,
+        name: libc::c_int,
+        value: libc::c_int,
+    ) -> io::Result<()> {
+        // SAFETY: `value` is a valid c_int for the duration of the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Sets the receive buffer to `bytes`, beyond `rmem_max`
+    /// (`SO_RCVBUFFORCE`, needs CAP_NET_ADMIN): room for the replies of a
+    /// flood.
+    pub fn set_receive_buffer(&self, bytes: usize) -> io::Result<()> {
+        let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes)
     }
 
     /// Sends one frame (destination MAC, source MAC and EtherType included).
@@ -61,14 +151,7 @@ impl PacketSocket {
                 "frame shorter than an Ethernet header",
             ));
         }
-        let ifindex = i32::try_from(self.ifindex)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = u16::from_ne_bytes([frame[12], frame[13]]);
-        addr.sll_ifindex = ifindex;
-        addr.sll_halen = 6;
+        let mut addr = self.link_address(u16::from_ne_bytes([frame[12], frame[13]]))?;
         addr.sll_addr[..6].copy_from_slice(&frame[..6]);
         // SAFETY: `frame` and `addr` are valid for the given lengths for the
         // duration of the call; the descriptor is open.
@@ -92,6 +175,109 @@ impl PacketSocket {
             ));
         }
         Ok(())
+    }
+
+    /// Reads one queued frame into `buf` without waiting; its length (cut
+    /// at `buf.len()`), or `None` when nothing is queued.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        loop {
+            // SAFETY: `buf` is valid and writable for its length.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return Ok(Some(n as usize));
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => return Ok(None),
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for a frame to be readable; false on timeout
+    /// (or a signal).
+    pub fn wait_readable(&self, timeout: std::time::Duration) -> io::Result<bool> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ts = libc::timespec {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            // Below 10^9: fits every c_long.
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: one valid pollfd and a valid timespec; no signal mask.
+        let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        Ok(rc > 0)
+    }
+
+    /// Frames the kernel dropped because the receive queue was full, since
+    /// the previous call (`PACKET_STATISTICS`).
+    pub fn drops(&self) -> io::Result<u32> {
+        let mut stats = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: `stats` and `len` are valid and writable.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut stats as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stats.tp_drops)
+    }
+
+    /// The interface's current MAC address (`SIOCGIFHWADDR`).
+    pub fn interface_mac(&self) -> io::Result<crate::maps::MacAddr> {
+        let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+        // SAFETY: `name` has room for IF_NAMESIZE bytes, as if_indextoname
+        // requires.
+        let named = unsafe { libc::if_indextoname(self.ifindex, name.as_mut_ptr()) };
+        if named.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: ifreq is plain data; all-zero is valid.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(name.iter()) {
+            *dst = *src;
+        }
+        // SAFETY: SIOCGIFHWADDR fills `req.ifr_ifru.ifru_hwaddr`; `req` is
+        // valid and writable.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the ioctl succeeded, so the hwaddr member is the one set.
+        let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+        let mut mac = [0u8; 6];
+        for (m, d) in mac.iter_mut().zip(data.iter()) {
+            *m = *d as u8;
+        }
+        Ok(mac)
     }
 }
 

@@ -21,6 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use bpf::frame::{self, ArpPacket, NeighborSolicitation};
 use bpf::{AttachMode, Responder, ResponderConfig};
 use common::{PinDir, skb_ctx, try_test_run};
 use model::{Mac, Verdict, World};
@@ -205,31 +206,6 @@ fn apply_epoch(r: &mut Responder, epoch: u64) -> bool {
 
 // ---- frames ---------------------------------------------------------------
 
-fn ipv6_solicited_node(t: Ipv6Addr) -> Ipv6Addr {
-    let o = t.octets();
-    Ipv6Addr::from([
-        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xff, o[13], o[14], o[15],
-    ])
-}
-
-fn icmpv6_checksum(src: &[u8], dst: &[u8], msg: &[u8]) -> u16 {
-    let mut sum: u64 = 0;
-    let mut add = |bytes: &[u8]| {
-        for pair in bytes.chunks(2) {
-            sum += (u64::from(pair[0]) << 8) | pair.get(1).copied().map_or(0, u64::from);
-        }
-    };
-    add(src);
-    add(dst);
-    add(&(msg.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, 58]);
-    add(msg);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Recomputes the ICMPv6 checksum of an IPv6 frame over the payload its
 /// header announces (as much of it as the frame holds).
 fn fix_checksum(f: &mut [u8]) {
@@ -239,7 +215,8 @@ fn fix_checksum(f: &mut [u8]) {
     let plen = usize::from(u16::from_be_bytes([f[18], f[19]]));
     let end = (54 + plen).min(f.len());
     f[56..58].fill(0);
-    let csum = icmpv6_checksum(&f[22..38], &f[38..54], &f[54..end]);
+    let octets = |at: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&f[at..at + 16]).unwrap());
+    let csum = frame::icmpv6_checksum(&octets(22), &octets(38), &f[54..end]);
     f[56..58].copy_from_slice(&csum.to_be_bytes());
 }
 
@@ -295,14 +272,17 @@ fn arp_seed(rng: &mut Rng, setup: &Setup, ifindex: u32, ours: Mac) -> Vec<u8> {
         2 => rng.pick(&setup.v4),
         _ => Ipv4Addr::new(192, 0, 2, 200 + rng.below(50) as u8),
     };
-    let mut f = Vec::with_capacity(60);
-    f.extend_from_slice(&if rng.chance(80) { [0xff; 6] } else { ours });
-    f.extend_from_slice(&if rng.chance(85) { sender_mac } else { PEER });
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&sender_mac);
-    f.extend_from_slice(&sender_ip.octets());
-    f.extend_from_slice(&if rng.chance(80) { [0; 6] } else { [0xff; 6] });
-    f.extend_from_slice(&target.octets());
+    let request = ArpPacket {
+        eth_dst: if rng.chance(80) {
+            frame::BROADCAST
+        } else {
+            ours
+        },
+        eth_src: if rng.chance(85) { sender_mac } else { PEER },
+        target_mac: if rng.chance(80) { [0; 6] } else { [0xff; 6] },
+        ..ArpPacket::request(sender_mac, sender_ip, target)
+    };
+    let mut f = request.to_bytes()[..42].to_vec();
     match rng.below(3) {
         0 => {}
         1 => f.resize(60, 0),
@@ -329,15 +309,13 @@ fn ns_seed(rng: &mut Rng, setup: &Setup, ifindex: u32, ours: Mac) -> Vec<u8> {
     let dst = if unicast {
         target
     } else {
-        ipv6_solicited_node(target)
+        frame::solicited_node(target)
     };
     let eth_dst: Mac = if unicast || rng.chance(10) {
         ours
     } else {
-        let d = dst.octets();
-        [0x33, 0x33, d[12], d[13], d[14], d[15]]
+        frame::ipv6_multicast_mac(dst)
     };
-    let mut options = Vec::new();
     // An SLLA option: most multicast solicitations carry one, some unicast
     // ones, and a few DAD probes (which must not).
     let slla = if dad {
@@ -347,42 +325,51 @@ fn ns_seed(rng: &mut Rng, setup: &Setup, ifindex: u32, ours: Mac) -> Vec<u8> {
     } else {
         rng.chance(85)
     };
-    if slla {
-        options.extend_from_slice(&[1, 1]);
-        options.extend_from_slice(&if rng.chance(85) {
-            PEER
-        } else {
-            mac_of(rng, setup, ours)
-        });
-    }
-    if rng.chance(20) {
-        options.extend_from_slice(&[14, 1]); // nonce (RFC 7527)
-        let nonce = rng.bytes(6);
-        options.extend_from_slice(&nonce);
-    }
-    if rng.chance(10) {
-        let units = 1 + rng.below(3);
-        options.push(rng.pick(&[3u8, 5, 200, 1, 2]));
-        options.push(units as u8);
-        let body = rng.bytes(units * 8 - 2);
-        options.extend_from_slice(&body);
-    }
-    let mut f = Vec::with_capacity(128);
-    f.extend_from_slice(&eth_dst);
-    f.extend_from_slice(&if rng.chance(90) {
+    let slla_mac = if rng.chance(85) {
         PEER
     } else {
         mac_of(rng, setup, ours)
-    });
-    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-    f.extend_from_slice(&((24 + options.len()) as u16).to_be_bytes());
-    f.extend_from_slice(&[58, 255]);
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&dst.octets());
-    f.extend_from_slice(&[135, 0, 0, 0, 0, 0, 0, 0]);
-    f.extend_from_slice(&target.octets());
-    f.extend_from_slice(&options);
-    fix_checksum(&mut f);
+    };
+    // Sometimes the first SLLA option is two units long (invalid for
+    // Ethernet): written as a raw option instead.
+    let long_slla = slla && rng.chance(10);
+    let source_mac = (slla && !long_slla).then_some(slla_mac);
+    let eth_src = if rng.chance(90) {
+        PEER
+    } else {
+        mac_of(rng, setup, ours)
+    };
+    let mut ns = NeighborSolicitation {
+        eth_dst,
+        eth_src,
+        src,
+        dst,
+        hop_limit: frame::NDP_HOP_LIMIT,
+        target,
+        source_mac,
+        other_options: Vec::new(),
+    };
+    if long_slla {
+        let mut body = slla_mac.to_vec();
+        body.extend_from_slice(&[0; 8]);
+        ns = ns.with_option(frame::OPT_SOURCE_LL_ADDR, &body);
+    }
+    if rng.chance(20) {
+        ns = ns.with_option(14, &rng.bytes(6)); // nonce (RFC 7527)
+    }
+    if rng.chance(25) {
+        // Another option, possibly a (first or second) SLLA or a TLLA, of
+        // 1-3 units.
+        let units = 1 + rng.below(3);
+        let kind = rng.pick(&[3u8, 5, 200, 1, 2, 14]);
+        ns = ns.with_option(kind, &rng.bytes(units * 8 - 2));
+    }
+    if rng.chance(5) {
+        // A long one: the message reaches or passes the 256-byte limit.
+        let units = 20 + rng.below(10);
+        ns = ns.with_option(200, &rng.bytes(units * 8 - 2));
+    }
+    let mut f = ns.to_bytes();
     if rng.chance(5) {
         let extra = rng.below(32);
         let tail = rng.bytes(extra);
@@ -429,7 +416,7 @@ fn overwrite_field(rng: &mut Rng, setup: &Setup, ours: Mac, f: &mut Vec<u8>) {
                     Ipv6Addr::UNSPECIFIED,
                     Ipv6Addr::LOCALHOST,
                     Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
-                    ipv6_solicited_node(t),
+                    frame::solicited_node(t),
                     t,
                     "2001:db8::1".parse().unwrap(),
                 ]);

@@ -112,3 +112,70 @@ fn sending_on_a_missing_interface_fails_cleanly() {
         "{err}"
     );
 }
+
+#[test]
+fn a_bound_packet_socket_receives_its_ethertype_from_the_peer_only() {
+    let agent = Netns::new("l2a-psock-agent");
+    let client = Netns::new("l2a-psock-client");
+    agent.ip(&[
+        "link",
+        "add",
+        "veth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "veth1",
+        "netns",
+        &client.name,
+    ]);
+    agent.ip(&["link", "set", "veth0", "address", "02:00:00:00:00:aa", "up"]);
+    client.ip(&["link", "set", "veth1", "address", "02:00:00:00:00:01", "up"]);
+    let client_name = client.name.clone();
+    agent.run(move || {
+        use bpf::PacketSocket;
+        use bpf::frame::{ARP_REQUEST, ArpPacket, ETHERTYPE_ARP, NeighborAdvertisement};
+        let ifindex = bpf::if_nametoindex("veth0").unwrap();
+        let socket = PacketSocket::bind(ifindex, ETHERTYPE_ARP).unwrap();
+        assert_eq!(socket.interface_mac().unwrap(), NEW_MAC);
+        // Its own frames are not received (PACKET_IGNORE_OUTGOING).
+        let own = ArpPacket::request(
+            NEW_MAC,
+            "192.0.2.10".parse().unwrap(),
+            "192.0.2.1".parse().unwrap(),
+        );
+        socket.send(&own.to_bytes()).unwrap();
+        // The peer sends an NA (another EtherType) and then an ARP request
+        // to a MAC that is not ours: only the request arrives.
+        let client = Netns::borrowed(&client_name);
+        let request = client.run(|| {
+            let peer = PacketSocket::sender(bpf::if_nametoindex("veth1").unwrap()).unwrap();
+            let na = NeighborAdvertisement::unsolicited(
+                [2, 0, 0, 0, 0, 1],
+                "2001:db8::1".parse().unwrap(),
+            );
+            peer.send(&na.to_bytes()).unwrap();
+            let request = ArpPacket {
+                eth_dst: [0x02, 0x7a, 0, 0, 0, 7],
+                ..ArpPacket::request(
+                    [2, 0, 0, 0, 0, 1],
+                    "192.0.2.1".parse().unwrap(),
+                    "192.0.2.10".parse().unwrap(),
+                )
+            };
+            peer.send(&request.to_bytes()).unwrap();
+            request
+        });
+        assert!(socket.wait_readable(Duration::from_secs(2)).unwrap());
+        let mut buf = [0u8; 128];
+        let n = socket.try_recv(&mut buf).unwrap().expect("a frame");
+        let got = ArpPacket::parse(&buf[..n]).expect("an ARP frame");
+        assert_eq!((got, got.op), (request, ARP_REQUEST));
+        assert_eq!(
+            socket.try_recv(&mut buf).unwrap(),
+            None,
+            "nothing else queued"
+        );
+        assert_eq!(socket.drops().unwrap(), 0);
+    });
+}

@@ -6,6 +6,7 @@ mod common;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use bpf::frame::{ArpPacket, NeighborAdvertisement, NeighborSolicitation};
 use bpf::{AttachMode, monotonic_now_ns};
 use common::{TestResponder, skb_ctx, test_run};
 
@@ -24,6 +25,9 @@ const SLOT: u32 = 3;
 const IF_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
 const TARGET4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const TARGET6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+const PEER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const PEER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const PEER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 
 fn fixture(ifindex: u32) -> TestResponder {
     let mut t = TestResponder::new();
@@ -105,12 +109,7 @@ fn na_expected() -> Vec<u8> {
 
 /// DAD probe: from ::, no options (ICMPv6 length 24).
 fn dad_ns() -> Vec<u8> {
-    let mut f = ns();
-    f.truncate(14 + 40 + 24);
-    f[18..20].copy_from_slice(&24u16.to_be_bytes());
-    f[22..38].fill(0);
-    fix_ns_checksum(&mut f);
-    f
+    NeighborSolicitation::dad(PEER, TARGET6).to_bytes()
 }
 
 #[rustfmt::skip]
@@ -134,7 +133,7 @@ fn fix_ns_checksum(f: &mut [u8]) {
     let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap());
     let plen = usize::from(u16::from_be_bytes([f[18], f[19]]));
     let end = (54 + plen).min(f.len());
-    let csum = bpf::garp::icmpv6_checksum(&src, &dst, &f[54..end]);
+    let csum = bpf::frame::icmpv6_checksum(&src, &dst, &f[54..end]);
     f[56..58].copy_from_slice(&csum.to_be_bytes());
 }
 
@@ -306,12 +305,32 @@ fn dad_solicitation_is_answered_to_all_nodes() {
     assert_eq!(out, dad_na_expected());
 }
 
+/// The frame builders of `bpf::frame` produce exactly the bytes pinned
+/// above, and parse the replies back.
+#[test]
+fn frame_builders_match_the_pinned_bytes() {
+    let request = ArpPacket::request(PEER, PEER4, TARGET4);
+    assert_eq!(request.to_bytes()[..42], arp_request()[..]);
+    let reply = ArpPacket::reply(IF_MAC, TARGET4, PEER, PEER4);
+    assert_eq!(reply.to_bytes()[..], arp_reply_expected()[..]);
+    assert_eq!(ArpPacket::parse(&arp_reply_expected()), Some(reply));
+    assert_eq!(
+        NeighborSolicitation::multicast(PEER, PEER6, TARGET6).to_bytes(),
+        ns()
+    );
+    let na = NeighborAdvertisement::solicited(IF_MAC, TARGET6, PEER, PEER6);
+    assert_eq!(na.to_bytes(), na_expected());
+    assert_eq!(NeighborAdvertisement::parse(&na_expected()), Some(na));
+    let dad_na = NeighborAdvertisement::unsolicited(IF_MAC, TARGET6);
+    assert_eq!(dad_na.to_bytes(), dad_na_expected());
+}
+
 #[test]
 fn na_checksums_verify() {
     for f in [na_expected(), dad_na_expected()] {
         let src = Ipv6Addr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap());
         let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap());
-        assert_eq!(bpf::garp::icmpv6_checksum(&src, &dst, &f[54..]), 0);
+        assert_eq!(bpf::frame::icmpv6_checksum(&src, &dst, &f[54..]), 0);
     }
 }
 
@@ -532,12 +551,11 @@ fn ns_reply_goes_to_the_source_link_layer_address() {
 #[test]
 fn unicast_ns_without_slla_is_answered_to_the_ethernet_source() {
     let t = fixture(IFINDEX);
-    let mut f = ns();
-    f.truncate(14 + 40 + 24);
-    f[18..20].copy_from_slice(&24u16.to_be_bytes());
-    f[0..6].copy_from_slice(&IF_MAC);
-    f[38..54].copy_from_slice(&TARGET6.octets());
-    fix_ns_checksum(&mut f);
+    let f = NeighborSolicitation {
+        source_mac: None,
+        ..NeighborSolicitation::unicast(PEER, PEER6, TARGET6, IF_MAC)
+    }
+    .to_bytes();
     let (rc, out) = run_tc(&t, &f, IFINDEX);
     assert_eq!(rc, TC_ACT_REDIRECT);
     assert_eq!(out, na_expected());
@@ -556,10 +574,9 @@ fn ns_with_trailing_bytes_after_the_payload_is_answered() {
 #[test]
 fn ns_with_a_nonce_option_is_answered() {
     let t = fixture(IFINDEX);
-    let mut f = ns();
-    f.extend_from_slice(&[14, 1, 1, 2, 3, 4, 5, 6]); // nonce (RFC 7527)
-    f[18..20].copy_from_slice(&40u16.to_be_bytes());
-    fix_ns_checksum(&mut f);
+    let f = NeighborSolicitation::multicast(PEER, PEER6, TARGET6)
+        .with_option(14, &[1, 2, 3, 4, 5, 6]) // nonce (RFC 7527)
+        .to_bytes();
     let (rc, out) = run_tc(&t, &f, IFINDEX);
     assert_eq!(rc, TC_ACT_REDIRECT);
     assert_eq!(out, na_expected());

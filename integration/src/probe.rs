@@ -7,27 +7,29 @@
 //!
 //! A request can carry a tag: its sender hardware address becomes
 //! `02:7a:<tag, 4 bytes>` while the Ethernet source stays the interface MAC.
-//! A responder that follows RFC 826 copies it into the reply's target
-//! hardware address, so each reply names the request it answers. The Linux
-//! kernel's ARP also sends its reply to that hardware address, so use
-//! untagged requests for the kernel.
+//! A responder that follows RFC 826 sends its reply to that address and
+//! copies it into the reply's target hardware address, so each reply names
+//! the request it answers; the prober's socket sees frames to any address
+//! arriving on its interface. The Linux kernel's ARP also answers to that
+//! hardware address.
 //!
-//! It is not a general packet library: ARP over Ethernet only.
+//! The frames are [`bpf::frame::ArpPacket`]s and the socket is
+//! [`bpf::PacketSocket`]: this module adds timing, tags and statistics. It
+//! is ARP over Ethernet only.
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_HLEN: usize = 14;
-/// Shortest Ethernet frame without FCS; ARP requests are padded to it.
-const ETH_MIN_FRAME: usize = 60;
-const TAG_PREFIX: [u8; 2] = [0x02, 0x7a];
-/// `PACKET_IGNORE_OUTGOING` (linux/if_packet.h, kernel 4.20).
-const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+use bpf::PacketSocket;
+use bpf::frame::{ARP_REPLY, ETH_MIN_FRAME, ETHERTYPE_ARP};
+
+pub use bpf::frame::ArpPacket;
+
+/// Room for the replies of a flood.
+const RECEIVE_BUFFER: usize = 16 << 20;
 
 /// Why probing failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,78 +44,13 @@ pub enum ProbeError {
     },
 }
 
-fn last_err(op: &'static str) -> ProbeError {
-    ProbeError::Io {
-        op,
-        source: io::Error::last_os_error(),
-    }
+fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> ProbeError {
+    move |source| ProbeError::Io { op, source }
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds.
 pub fn monotonic_ns() -> u64 {
     bpf::monotonic_now_ns()
-}
-
-/// An ARP packet (Ethernet, IPv4) as read off the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ArpPacket {
-    pub eth_dst: [u8; 6],
-    pub eth_src: [u8; 6],
-    /// 1 request, 2 reply.
-    pub op: u16,
-    pub sender_mac: [u8; 6],
-    pub sender_ip: Ipv4Addr,
-    pub target_mac: [u8; 6],
-    pub target_ip: Ipv4Addr,
-}
-
-impl ArpPacket {
-    /// Parses an Ethernet frame holding an Ethernet/IPv4 ARP packet.
-    pub fn parse(frame: &[u8]) -> Option<ArpPacket> {
-        if frame.len() < ETH_HLEN + 28 || frame[12..14] != ETH_P_ARP.to_be_bytes() {
-            return None;
-        }
-        let a = &frame[ETH_HLEN..];
-        // htype 1, ptype IPv4, hlen 6, plen 4.
-        if a[0..6] != [0, 1, 0x08, 0, 6, 4] {
-            return None;
-        }
-        let mac = |at: usize| -> [u8; 6] {
-            let mut m = [0u8; 6];
-            m.copy_from_slice(&a[at..at + 6]);
-            m
-        };
-        let ip = |at: usize| Ipv4Addr::new(a[at], a[at + 1], a[at + 2], a[at + 3]);
-        Some(ArpPacket {
-            eth_dst: {
-                let mut m = [0u8; 6];
-                m.copy_from_slice(&frame[0..6]);
-                m
-            },
-            eth_src: {
-                let mut m = [0u8; 6];
-                m.copy_from_slice(&frame[6..12]);
-                m
-            },
-            op: u16::from_be_bytes([a[6], a[7]]),
-            sender_mac: mac(8),
-            sender_ip: ip(14),
-            target_mac: mac(18),
-            target_ip: ip(24),
-        })
-    }
-
-    /// The tag of the request this reply answers (see the module docs).
-    pub fn tag(&self) -> Option<u32> {
-        (self.target_mac[..2] == TAG_PREFIX).then(|| {
-            u32::from_be_bytes([
-                self.target_mac[2],
-                self.target_mac[3],
-                self.target_mac[4],
-                self.target_mac[5],
-            ])
-        })
-    }
 }
 
 /// An ARP reply and when the prober read it.
@@ -127,8 +64,7 @@ pub struct ArpReply {
 /// An AF_PACKET socket bound to one interface for ARP.
 #[derive(Debug)]
 pub struct ArpProber {
-    fd: OwnedFd,
-    ifindex: u32,
+    socket: PacketSocket,
     mac: [u8; 6],
     ip: Ipv4Addr,
 }
@@ -141,49 +77,15 @@ impl ArpProber {
     pub fn open(ifname: &str, ip: Ipv4Addr) -> Result<ArpProber, ProbeError> {
         let ifindex = bpf::if_nametoindex(ifname)
             .ok_or_else(|| ProbeError::UnknownInterface(ifname.to_string()))?;
-        let proto = ETH_P_ARP.to_be();
-        // SAFETY: plain socket(2); the descriptor is checked and owned at once.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(proto),
-            )
-        };
-        if raw < 0 {
-            return Err(last_err("socket(AF_PACKET)"));
-        }
-        // SAFETY: `raw` is a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut prober = ArpProber {
-            fd,
-            ifindex,
-            mac: [0; 6],
-            ip,
-        };
-        prober.setsockopt(libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)?;
-        // Room for the replies of a flood; FORCE works for root beyond rmem_max.
-        prober.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 16 << 20)?;
-        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = proto;
-        addr.sll_ifindex = ifindex as i32;
-        // SAFETY: `addr` is a valid sockaddr_ll for the length given.
-        let rc = unsafe {
-            libc::bind(
-                prober.fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(last_err("bind(AF_PACKET)"));
-        }
-        prober.mac = prober.read_mac(ifname)?;
-        // Frames from other interfaces may have queued before bind().
-        prober.drain();
-        Ok(prober)
+        let socket =
+            PacketSocket::bind(ifindex, ETHERTYPE_ARP).map_err(io_err("bind(AF_PACKET)"))?;
+        socket
+            .set_receive_buffer(RECEIVE_BUFFER)
+            .map_err(io_err("setsockopt(SO_RCVBUFFORCE)"))?;
+        let mac = socket
+            .interface_mac()
+            .map_err(io_err("ioctl(SIOCGIFHWADDR)"))?;
+        Ok(ArpProber { socket, mac, ip })
     }
 
     /// The interface MAC requests are sent from.
@@ -191,94 +93,18 @@ impl ArpProber {
         self.mac
     }
 
-    fn setsockopt(
-        &self,
-        level: libc::c_int,
-        name: libc::c_int,
-        value: libc::c_int,
-    ) -> Result<(), ProbeError> {
-        // SAFETY: `value` is a valid c_int for the duration of the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(last_err("setsockopt"));
-        }
-        Ok(())
-    }
-
-    fn read_mac(&self, ifname: &str) -> Result<[u8; 6], ProbeError> {
-        // SAFETY: ifreq is plain data; all-zero is valid.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes().take(15)) {
-            *dst = src as libc::c_char;
-        }
-        // SAFETY: SIOCGIFHWADDR fills `req.ifr_ifru.ifru_hwaddr`; `req` is
-        // valid and writable.
-        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
-        if rc != 0 {
-            return Err(last_err("ioctl(SIOCGIFHWADDR)"));
-        }
-        // SAFETY: the ioctl succeeded, so the hwaddr member is the one set.
-        let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
-        let mut mac = [0u8; 6];
-        for (m, d) in mac.iter_mut().zip(data.iter()) {
-            *m = *d as u8;
-        }
-        Ok(mac)
-    }
-
     /// An ARP request for `target` (broadcast), tagged or not.
     pub fn request_frame(&self, target: Ipv4Addr, tag: Option<u32>) -> [u8; ETH_MIN_FRAME] {
-        let mut f = [0u8; ETH_MIN_FRAME];
-        f[0..6].copy_from_slice(&[0xff; 6]);
-        f[6..12].copy_from_slice(&self.mac);
-        f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
-        let a = &mut f[ETH_HLEN..];
-        a[0..8].copy_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
         match tag {
-            Some(t) => {
-                a[8..10].copy_from_slice(&TAG_PREFIX);
-                a[10..14].copy_from_slice(&t.to_be_bytes());
-            }
-            None => a[8..14].copy_from_slice(&self.mac),
+            Some(t) => ArpPacket::tagged_request(self.mac, self.ip, target, t),
+            None => ArpPacket::request(self.mac, self.ip, target),
         }
-        a[14..18].copy_from_slice(&self.ip.octets());
-        // Target hardware address stays zero.
-        a[24..28].copy_from_slice(&target.octets());
-        f
+        .to_bytes()
     }
 
     /// Sends one frame out of the interface.
     pub fn send_frame(&self, frame: &[u8]) -> Result<(), ProbeError> {
-        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = ETH_P_ARP.to_be();
-        addr.sll_ifindex = self.ifindex as i32;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-        // SAFETY: `frame` and `addr` are valid for the lengths given.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(last_err("sendto(AF_PACKET)"));
-        }
-        Ok(())
+        self.socket.send(frame).map_err(io_err("sendto(AF_PACKET)"))
     }
 
     /// Sends an ARP request; returns the monotonic time just before sending.
@@ -289,65 +115,26 @@ impl ArpProber {
         Ok(at)
     }
 
-    /// Reads one queued ARP frame without waiting.
+    /// Reads one queued ARP reply without waiting (other frames are
+    /// skipped).
     fn try_recv(&self) -> Result<Option<ArpReply>, ProbeError> {
         let mut buf = [0u8; 256];
         loop {
-            // SAFETY: `buf` is valid and writable for its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
+            let Some(n) = self
+                .socket
+                .try_recv(&mut buf)
+                .map_err(io_err("recv(AF_PACKET)"))?
+            else {
+                return Ok(None);
             };
             let at_ns = monotonic_ns();
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock => Ok(None),
-                    io::ErrorKind::Interrupted => continue,
-                    _ => Err(ProbeError::Io {
-                        op: "recv(AF_PACKET)",
-                        source: e,
-                    }),
-                };
+            match ArpPacket::parse(&buf[..n]) {
+                Some(packet) if packet.op == ARP_REPLY => {
+                    return Ok(Some(ArpReply { at_ns, packet }));
+                }
+                _ => continue,
             }
-            let Some(packet) = ArpPacket::parse(&buf[..n as usize]) else {
-                continue;
-            };
-            if packet.op != 2 {
-                continue;
-            }
-            return Ok(Some(ArpReply { at_ns, packet }));
         }
-    }
-
-    /// Waits up to `timeout` for the socket to become readable.
-    fn wait_readable(&self, timeout: Duration) -> Result<bool, ProbeError> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: timeout.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: one valid pollfd and a valid timespec; no signal mask.
-        let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(false);
-            }
-            return Err(ProbeError::Io {
-                op: "ppoll",
-                source: e,
-            });
-        }
-        Ok(rc > 0)
     }
 
     /// The next ARP reply, sleeping in ppoll(2) up to `timeout`.
@@ -358,7 +145,7 @@ impl ArpProber {
                 return Ok(Some(r));
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || !self.wait_readable(left)? {
+            if left.is_zero() || !self.socket.wait_readable(left).map_err(io_err("ppoll"))? {
                 return self.try_recv();
             }
         }
@@ -387,25 +174,9 @@ impl ArpProber {
     /// Frames the kernel dropped because the receive queue was full, since
     /// the previous call (`PACKET_STATISTICS`).
     pub fn socket_drops(&self) -> Result<u32, ProbeError> {
-        let mut stats = libc::tpacket_stats {
-            tp_packets: 0,
-            tp_drops: 0,
-        };
-        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
-        // SAFETY: `stats` and `len` are valid and writable.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                (&mut stats as *mut libc::tpacket_stats).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err(last_err("getsockopt(PACKET_STATISTICS)"));
-        }
-        Ok(stats.tp_drops)
+        self.socket
+            .drops()
+            .map_err(io_err("getsockopt(PACKET_STATISTICS)"))
     }
 }
 

@@ -3,24 +3,23 @@
 //! from responder.c: a pure function from (frame, ingress interface, the
 //! interfaces' MACs, the map entries and whether their gates are open) to
 //! "pass" or "reply with exactly these bytes". Headers are read with
-//! etherparse, replies built with it, so no code is shared with the C.
+//! etherparse and every rule is checked here; replies are built by
+//! `bpf::frame` (etherparse too), so no code is shared with the C.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use etherparse::icmpv6::NeighborAdvertisementHeader;
+use bpf::frame::{ArpPacket, NeighborAdvertisement};
 use etherparse::{
-    ArpHardwareId, ArpOperation, ArpPacketSlice, EtherType, Ethernet2Header, Icmpv6Slice,
-    Icmpv6Type, IpNumber, Ipv6HeaderSlice, PacketBuilder,
+    ArpHardwareId, ArpOperation, ArpPacketSlice, EtherType, Ethernet2Header, Icmpv6Slice, IpNumber,
+    Ipv6HeaderSlice,
 };
 
 pub type Mac = [u8; 6];
 
 const BROADCAST: Mac = [0xff; 6];
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
-/// Shortest Ethernet frame without FCS.
-const ETH_MIN_FRAME: usize = 60;
 /// ICMPv6 type and code of a Neighbor Solicitation (RFC 4861 §4.3).
 const NS_TYPE: u8 = 135;
 /// Fixed part of an NS: type, code, checksum, reserved, target.
@@ -28,7 +27,6 @@ const NS_FIXED_LEN: usize = 24;
 /// The responder's limit on an NS (bpf/README.md).
 const NS_MAX_LEN: usize = 256;
 const OPT_SOURCE_LL_ADDR: u8 = 1;
-const OPT_TARGET_LL_ADDR: u8 = 2;
 
 /// What the datapath is configured with.
 #[derive(Clone, Debug, Default)]
@@ -140,30 +138,10 @@ fn arp(
         return None;
     }
     Some(Verdict::Reply {
-        frame: arp_reply(ours, tpa, sha, spa),
+        // RFC 826: to the requester's hardware address, padded to 60 bytes.
+        frame: ArpPacket::reply(ours, tpa, sha, spa).to_bytes().to_vec(),
         target: tpa.into(),
     })
-}
-
-/// RFC 826 reply to `requester_mac`, padded with zeros to 60 bytes.
-fn arp_reply(ours: Mac, target: Ipv4Addr, requester_mac: Mac, requester_ip: Ipv4Addr) -> Vec<u8> {
-    let arp = etherparse::ArpPacket::new(
-        ArpHardwareId::ETHERNET,
-        EtherType::IPV4,
-        ArpOperation::REPLY,
-        &ours,
-        &target.octets(),
-        &requester_mac,
-        &requester_ip.octets(),
-    )
-    .expect("valid ARP addresses");
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(ours, requester_mac)
-        .arp(arp)
-        .write(&mut out)
-        .expect("write to a Vec");
-    out.resize(ETH_MIN_FRAME, 0);
-    out
 }
 
 /// ff02::1:ffXX:XXXX (RFC 4291 §2.7.1).
@@ -266,35 +244,15 @@ fn neighbor_solicitation(
     if !world.open(target.into(), ifindex) {
         return None;
     }
+    // §7.2.4: from the target, Solicited (not for DAD) and Override, with
+    // the target link-layer address option.
     let reply_dst = if dad { ALL_NODES } else { src };
+    let na = NeighborAdvertisement {
+        solicited: !dad,
+        ..NeighborAdvertisement::solicited(ours, target, reply_mac, reply_dst)
+    };
     Some(Verdict::Reply {
-        frame: neighbor_advertisement(ours, reply_mac, target, reply_dst, !dad),
+        frame: na.to_bytes(),
         target: target.into(),
     })
-}
-
-/// A Neighbor Advertisement for `target` from its owner `ours` (§4.4):
-/// Override, Solicited when `solicited`, with the target link-layer option.
-fn neighbor_advertisement(
-    ours: Mac,
-    eth_dst: Mac,
-    target: Ipv6Addr,
-    ip_dst: Ipv6Addr,
-    solicited: bool,
-) -> Vec<u8> {
-    let header = NeighborAdvertisementHeader {
-        router: false,
-        solicited,
-        r#override: true,
-    };
-    let mut payload = target.octets().to_vec();
-    payload.extend_from_slice(&[OPT_TARGET_LL_ADDR, 1]);
-    payload.extend_from_slice(&ours);
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(ours, eth_dst)
-        .ipv6(target.octets(), ip_dst.octets(), 255)
-        .icmpv6(Icmpv6Type::NeighborAdvertisement(header))
-        .write(&mut out, &payload)
-        .expect("write to a Vec");
-    out
 }
