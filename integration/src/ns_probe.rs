@@ -132,7 +132,7 @@ pub fn solicitation_frame(
     ns[24] = 1; // source link-layer address
     ns[25] = 1;
     ns[26..32].copy_from_slice(&mac);
-    let csum = bpf::garp::icmpv6_checksum(&source, &dst, ns);
+    let csum = bpf::frame::icmpv6_checksum(&source, &dst, ns);
     ns[2..4].copy_from_slice(&csum.to_be_bytes());
     f
 }
@@ -328,10 +328,12 @@ mod tests {
         let sent = u16::from_be_bytes([ns[2], ns[3]]);
         ns[2] = 0;
         ns[3] = 0;
-        assert_eq!(bpf::garp::icmpv6_checksum(&src, &dst, &ns), sent);
+        assert_eq!(bpf::frame::icmpv6_checksum(&src, &dst, &ns), sent);
 
         // The responder's answer: to the tagged source, target option.
-        let mut na = bpf::garp::unsolicited_na_frame([2, 0x1a, 0xb0, 0, 0, 0x11], target);
+        let mut na =
+            bpf::frame::NeighborAdvertisement::unsolicited([2, 0x1a, 0xb0, 0, 0, 0x11], target)
+                .to_bytes();
         na[38..54].copy_from_slice(&tagged_source(7).octets());
         na[58] = 0x60;
         let r = parse_na(&na, 5).expect("an NA");

@@ -179,7 +179,7 @@ mod tests {
     fn gratuitous_frames_are_announcements_and_answers_are_not() {
         let mac = [2, 0, 0, 0, 0, 1];
         let ip = Ipv4Addr::new(192, 0, 2, 100);
-        let [request, reply] = bpf::garp::gratuitous_arp_frames(mac, ip);
+        let [request, reply] = bpf::frame::ArpPacket::gratuitous(mac, ip).map(|a| a.to_bytes());
         for f in [&request[..], &reply[..]] {
             let a = parse_announcement(f, 7).expect("gratuitous ARP");
             assert_eq!(
@@ -193,7 +193,7 @@ mod tests {
         assert_eq!(parse_announcement(&answer, 0), None);
 
         let ip6: Ipv6Addr = "2001:db8::100".parse().expect("ip");
-        let na = bpf::garp::unsolicited_na_frame(mac, ip6);
+        let na = bpf::frame::NeighborAdvertisement::unsolicited(mac, ip6).to_bytes();
         let a = parse_announcement(&na, 9).expect("unsolicited NA");
         assert_eq!(
             (a.kind, a.ip, a.mac),
