@@ -10,6 +10,7 @@ use actors::announce::{AnnouncerOptions, GratuitousConfig, SocketSender};
 use actors::control_plane::{ControlPlane, Devices, Observers, start_devices};
 use actors::k8s::client as kubeclient;
 use actors::k8s::events::{Fanout, ServiceEvents};
+use actors::k8s::status::ServiceStatus;
 use actors::lease::LeaseTiming;
 use bpf::{AttachMode, Responder, ResponderConfig};
 
@@ -113,6 +114,7 @@ async fn start_actors(
         announce: Arc::new(Fanout(vec![
             metrics.clone(),
             ServiceEvents::start(client.clone(), &config.node_name),
+            ServiceStatus::start(client.clone(), &config.node_name),
         ])),
         policy: metrics.clone(),
         datapath: metrics.clone(),

@@ -15,7 +15,8 @@ use actors::announce::{AnnouncerOptions, DatapathObserver, GratuitousConfig, Mem
 use actors::control_plane::{ControlPlane, Devices, Observers};
 use actors::devices::DeviceRow;
 use actors::k8s::client::{self as kubeclient, ThrottleObserver};
-use actors::k8s::events::ServiceEvents;
+use actors::k8s::events::{Fanout, ServiceEvents};
+use actors::k8s::status::ServiceStatus;
 use actors::lease::{ElectionMode, LeaseTiming};
 use actors::tables::{L2_ANNOUNCE, L2AnnounceRow, LEASES, LeaseRow, POLICIES, PolicyRow};
 use bpf::AttachMode;
@@ -160,7 +161,10 @@ impl ControlPlaneNode {
                     )
                     .map_err(|e| e.to_string())?;
                     let observers = Observers {
-                        announce: ServiceEvents::start(client.clone(), &options.name),
+                        announce: std::sync::Arc::new(Fanout(vec![
+                            ServiceEvents::start(client.clone(), &options.name),
+                            ServiceStatus::start(client.clone(), &options.name),
+                        ])),
                         datapath: Arc::new(Recorder(log)),
                         ..Observers::default()
                     };

@@ -22,7 +22,20 @@ fn target_dir() -> PathBuf {
 }
 
 #[test]
-fn chaos_short_profile_finds_one_answerer_per_ip() {
+fn chaos_short_profile_finds_one_answerer_per_ip_node_heartbeat() {
+    short_profile("node-heartbeat");
+}
+
+#[test]
+fn chaos_short_profile_finds_one_answerer_per_ip_per_service() {
+    short_profile("per-service");
+}
+
+/// One lab at a time on a machine (the host bridge address is shared).
+static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn short_profile(election: &str) {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let agent = target_dir().join("debug/l2announcer");
     assert!(
         agent.exists(),
@@ -33,8 +46,11 @@ fn chaos_short_profile_finds_one_answerer_per_ip() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(chaos::fresh_seed);
-    eprintln!("chaos: seed {seed} (replay with L2A_CHAOS_SEED={seed})");
-    let lab_config = LabConfig::unique(agent);
+    eprintln!("chaos ({election}): seed {seed} (replay with L2A_CHAOS_SEED={seed})");
+    let lab_config = LabConfig {
+        election: Some(election.to_string()),
+        ..LabConfig::unique(agent)
+    };
     let lab = Lab::up(&lab_config).expect("lab up");
     let config = ChaosConfig {
         seed,
@@ -45,12 +61,12 @@ fn chaos_short_profile_finds_one_answerer_per_ip() {
     let logs = lab.state.log_tails(40);
     lab.down();
     let report = report.expect("chaos run");
-    let out = target_dir().join("chaos/short");
+    let out = target_dir().join("chaos/short").join(election);
     report.write(&out).expect("write the report");
     eprintln!("{}\n(report in {})", report.table(), out.display());
     assert!(
         report.passed(),
-        "seed {seed}:\n{}\nagent logs:\n{logs}",
+        "{election}, seed {seed}:\n{}\nagent logs:\n{logs}",
         report.markdown()
     );
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use actors::lease::LeaseTiming;
+use actors::lease::{ElectionMode, LeaseTiming};
 use actors::policy::CiliumL2AnnouncementPolicy;
 use integration::apiserver::{ClientMatch, TestApiServer};
 use integration::controlplane::{ControlPlaneNode, NodeOptions};
@@ -551,8 +551,11 @@ fn converges_under_client_side_throttling() {
     assert_eq!(distinct.len(), 20);
 }
 
-#[test]
-fn rbac_grants_exactly_what_the_agent_uses() {
+/// Runs the RBAC scenario with the nodes in `election` mode: a bad policy
+/// (status patched), a Service announced, withdrawn, announced again (a
+/// repeated Event is patched), deleted. The grants used; asserts that
+/// every request was allowed by deploy/'s roles.
+fn rbac_scenario(election: ElectionMode) -> std::collections::BTreeSet<(String, String, String)> {
     let cluster = Cluster::start();
     cluster.node("node-a", json!({}));
     cluster.node("node-b", json!({}));
@@ -566,6 +569,7 @@ fn rbac_grants_exactly_what_the_agent_uses() {
         .map(|n| {
             let mut o = NodeOptions::new(n, FAST);
             o.gc_interval = Duration::from_secs(1);
+            o.election = election;
             ControlPlaneNode::start(&cluster.url(), o).expect("node")
         })
         .collect();
@@ -606,28 +610,43 @@ fn rbac_grants_exactly_what_the_agent_uses() {
         announcers(&nodes, &web)
     })
     .expect("again");
-    // Deleting the Service releases the lease; garbage collection deletes it.
+    // Deleting the Service releases the claim: per-service, garbage
+    // collection deletes its Lease; node-heartbeat, the Lease (a mirror)
+    // is emptied at once and deleted a GC interval later.
     cluster.delete_service("web");
-    wait_for("lease collected", Duration::from_secs(10), || {
-        (!cluster
-            .leases()
-            .contains_key("cilium-l2announce-default-web"))
-        .then_some(())
+    wait_for("lease released", Duration::from_secs(10), || {
+        let leases = cluster.leases();
+        let lease = leases.get("cilium-l2announce-default-web");
+        match election {
+            ElectionMode::NodeHeartbeat => lease
+                .and_then(|l| l.spec.as_ref())
+                .and_then(|s| s.holder_identity.as_deref())
+                .is_some_and(str::is_empty)
+                .then_some(()),
+            _ => lease.is_none().then_some(()),
+        }
     })
-    .expect("collected");
+    .expect("released");
     let used = wait_for("event patch", Duration::from_secs(10), || {
         let used = rbac::used(&cluster.server.request_log());
         used.contains(&("events.k8s.io".into(), "events".into(), "patch".into()))
             .then_some(used)
     })
     .expect("the repeated event was patched");
-    let grants = rbac::Grants::deploy();
-    let denied = grants.denied(&cluster.server.request_log());
+    let denied = rbac::Grants::deploy().denied(&cluster.server.request_log());
     assert!(
         denied.is_empty(),
-        "requests the roles do not allow: {denied:#?}"
+        "{election}: requests the roles do not allow: {denied:#?}"
     );
-    let granted = grants.all();
+    used
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_agent_uses() {
+    // Every grant is used by one election mode or the other.
+    let mut used = rbac_scenario(ElectionMode::NodeHeartbeat);
+    used.extend(rbac_scenario(ElectionMode::PerService));
+    let granted = rbac::Grants::deploy().all();
     let not_used: Vec<_> = granted.difference(&used).collect();
     assert!(
         not_used.is_empty(),

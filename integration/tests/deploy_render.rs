@@ -335,6 +335,7 @@ fn daemonset_image_is_the_workspace_version() {
 ///   acquire, renew, follow, collect stale ones.
 const CLUSTER_ALLOWED: &[(&str, &str, &[&str])] = &[
     ("", "services", &["list", "watch"]),
+    ("", "services/status", &["patch"]),
     ("", "nodes", &["list", "watch"]),
     ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
     (
@@ -349,11 +350,14 @@ const CLUSTER_ALLOWED: &[(&str, &str, &[&str])] = &[
     ),
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
-const NAMESPACE_ALLOWED: &[(&str, &str, &[&str])] = &[(
-    "coordination.k8s.io",
-    "leases",
-    &["create", "update", "list", "watch", "delete"],
-)];
+const NAMESPACE_ALLOWED: &[(&str, &str, &[&str])] = &[
+    (
+        "coordination.k8s.io",
+        "leases",
+        &["create", "update", "patch", "list", "watch", "delete"],
+    ),
+    ("", "configmaps", &["create", "update", "list", "watch"]),
+];
 
 type Grant = (String, String, String);
 

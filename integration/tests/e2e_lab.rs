@@ -618,7 +618,13 @@ impl Drop for LabDown {
 #[test]
 fn a_low_client_rate_limit_shows_in_metrics_and_logs() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = new_lab();
+    // The per-Service election: one renewal per Service every retry
+    // period (node-heartbeat needs one per node, and never warns).
+    let mut lab = Lab::up(&LabConfig {
+        election: Some("per-service".into()),
+        ..LabConfig::unique(agent_bin())
+    })
+    .expect("lab up");
     holder(&lab, LB_SERVICE, None);
     // node-1 alone (node-3 is never a candidate), at 1 request/s: it holds
     // both Services, whose renewals every 200 ms need 10/s.

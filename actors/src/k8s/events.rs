@@ -27,6 +27,8 @@ struct Change {
     service: ServiceView,
     announcing: bool,
     entries: Candidacy,
+    /// Set for a Service nobody can announce: (reason, note).
+    not_possible: Option<(&'static str, String)>,
 }
 
 /// The observer half: hands changes to the publishing task.
@@ -57,6 +59,16 @@ impl AnnounceObserver for ServiceEvents {
             service: service.clone(),
             announcing,
             entries: entries.clone(),
+            not_possible: None,
+        });
+    }
+
+    fn not_announceable(&self, service: &ServiceView, reason: &'static str, why: &str) {
+        let _ = self.tx.send(Change {
+            service: service.clone(),
+            announcing: false,
+            entries: Candidacy::default(),
+            not_possible: Some((reason, why.to_string())),
         });
     }
 }
@@ -138,22 +150,31 @@ async fn publish(recorder: Recorder, node: String, mut rx: mpsc::UnboundedReceiv
             continue;
         }
         let dropped = budget.take_dropped();
-        let event = Event {
-            type_: EventType::Normal,
-            reason: if change.announcing {
-                REASON_STARTED
-            } else {
-                REASON_STOPPED
-            }
-            .to_string(),
-            note: Some(note(&node, change.announcing, &change.entries, dropped)),
-            action: if change.announcing {
-                "Announce"
-            } else {
-                "Withdraw"
-            }
-            .to_string(),
-            secondary: None,
+        let event = match &change.not_possible {
+            Some((reason, why)) => Event {
+                type_: EventType::Warning,
+                reason: reason.to_string(),
+                note: Some(format!("node {node}: {why}")),
+                action: "Withdraw".to_string(),
+                secondary: None,
+            },
+            None => Event {
+                type_: EventType::Normal,
+                reason: if change.announcing {
+                    REASON_STARTED
+                } else {
+                    REASON_STOPPED
+                }
+                .to_string(),
+                note: Some(note(&node, change.announcing, &change.entries, dropped)),
+                action: if change.announcing {
+                    "Announce"
+                } else {
+                    "Withdraw"
+                }
+                .to_string(),
+                secondary: None,
+            },
         };
         let reference = ObjectReference {
             api_version: Some("v1".to_string()),
@@ -173,6 +194,12 @@ async fn publish(recorder: Recorder, node: String, mut rx: mpsc::UnboundedReceiv
 pub struct Fanout(pub Vec<Arc<dyn AnnounceObserver>>);
 
 impl AnnounceObserver for Fanout {
+    fn not_announceable(&self, service: &ServiceView, reason: &'static str, why: &str) {
+        for o in &self.0 {
+            o.not_announceable(service, reason, why);
+        }
+    }
+
     fn announcing(&self, service: &ServiceView, announcing: bool, entries: &Candidacy) {
         for o in &self.0 {
             o.announcing(service, announcing, entries);

@@ -31,7 +31,7 @@ use tracing::{debug, warn};
 use super::claims::{ClaimChange, ClaimGroups};
 use super::selection::{
     Candidacy, NodeView, SERVICE_NAME_LABEL, ServiceView, candidacy, claimed_ips, service_view,
-    slice_has_local_ready, slice_key,
+    slice_has_local_ready, slice_has_ready, slice_key,
 };
 use crate::RunId;
 use crate::messages::{
@@ -51,6 +51,9 @@ pub trait AnnounceObserver: Send + Sync {
     /// This node became (`true`) or stopped being a candidate for a
     /// Service: selected by a policy, with an IP and interface here.
     fn candidate(&self, _service: &str, _candidate: bool) {}
+    /// A Service this node announced can be announced by no node now, for
+    /// `reason` (a condition reason) explained by `why`.
+    fn not_announceable(&self, _service: &ServiceView, _reason: &'static str, _why: &str) {}
 }
 
 /// An observer that records nothing.
@@ -436,9 +439,29 @@ impl ServiceActor {
                 if let Some((view, c)) = self.announcing.remove(service) {
                     self.observer.announcing(&view, false, &c);
                 }
+                // The last holder says why nobody can take it over.
+                if let Some(view) = self.view(service)
+                    && view.traffic_policy_local
+                    && !self.any_ready_endpoint(&view)
+                {
+                    self.observer.not_announceable(
+                        &view,
+                        crate::k8s::status::REASON_NO_READY_ENDPOINT,
+                        "externalTrafficPolicy is Local and no node has a ready endpoint: not announced",
+                    );
+                }
             }
             (None, None) => {}
         }
+    }
+
+    /// Whether any node has a ready endpoint of `view`'s Service.
+    fn any_ready_endpoint(&self, view: &ServiceView) -> bool {
+        self.slices.state().iter().any(|s| {
+            s.namespace().as_deref() == Some(view.namespace.as_str())
+                && s.labels().get(SERVICE_NAME_LABEL) == Some(&view.name)
+                && slice_has_ready(s)
+        })
     }
 
     fn schedule_policy_rows(&mut self, ctx: &mut Context<Self>) {

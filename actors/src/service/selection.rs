@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 
 use crate::policy::CompiledPolicy;
@@ -16,7 +17,7 @@ use crate::policy::CompiledPolicy;
 pub const L2_ANNOUNCER_CLASS: &str = "io.cilium/l2-announcer";
 
 /// The parts of a Service the selection reads.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServiceView {
     pub namespace: String,
     pub name: String,
@@ -30,6 +31,11 @@ pub struct ServiceView {
     pub load_balancer_ips: Vec<IpAddr>,
     /// `externalTrafficPolicy: Local`.
     pub traffic_policy_local: bool,
+    /// `metadata.resourceVersion`, `metadata.generation` and
+    /// `status.conditions`, for the Announced condition.
+    pub resource_version: String,
+    pub generation: Option<i64>,
+    pub conditions: Vec<Condition>,
 }
 
 impl ServiceView {
@@ -118,6 +124,13 @@ pub fn service_view(svc: &Service) -> ServiceView {
             .filter_map(|i| i.ip.as_deref().and_then(parse))
             .collect(),
         traffic_policy_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        resource_version: svc.resource_version().unwrap_or_default(),
+        generation: svc.metadata.generation,
+        conditions: svc
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -131,6 +144,14 @@ pub fn slice_key(slice: &EndpointSlice) -> Option<(String, String)> {
         format!("{}/{}", slice.namespace().unwrap_or_default(), svc),
         slice.name_any(),
     ))
+}
+
+/// Whether a slice has a ready endpoint on any node.
+pub fn slice_has_ready(slice: &EndpointSlice) -> bool {
+    slice
+        .endpoints
+        .iter()
+        .any(|ep| ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
 }
 
 /// Whether a slice has a ready endpoint on `node`.

@@ -3,7 +3,8 @@
 //! every fault for `--minutes N` (default 30) with `--seed S` (default:
 //! from the clock; printed either way), prints the per-fault table and
 //! writes it to `target/chaos/report.md` and `report.json`. `--short`
-//! runs the short profile instead (each fault once). Exits 1 when the
+//! runs the short profile instead (each fault once); `--election MODE`
+//! runs the agents in that election mode (default: node-heartbeat). Exits 1 when the
 //! suite found split brain, a foreign announcement, a gap over its bound or
 //! a fault it could not recover from.
 
@@ -18,6 +19,7 @@ struct Args {
     minutes: u64,
     seed: Option<u64>,
     short: bool,
+    election: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -25,6 +27,7 @@ fn parse_args() -> Result<Args, String> {
         minutes: 30,
         seed: None,
         short: false,
+        election: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -37,9 +40,10 @@ fn parse_args() -> Result<Args, String> {
             "--minutes" => args.minutes = value("--minutes")?,
             "--seed" => args.seed = Some(value("--seed")?),
             "--short" => args.short = true,
+            "--election" => args.election = Some(it.next().ok_or("--election needs a value")?),
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; usage: chaos [--minutes N] [--seed S] [--short]"
+                    "unknown argument {other:?}; usage: chaos [--minutes N] [--seed S] [--short] [--election node-heartbeat|per-service]"
                 ));
             }
         }
@@ -86,7 +90,10 @@ fn main() -> ExitCode {
         .parent()
         .map(|target| target.join("chaos"))
         .unwrap_or_else(|| PathBuf::from("chaos"));
-    let lab_config = LabConfig::unique(agent);
+    let lab_config = LabConfig {
+        election: args.election.clone(),
+        ..LabConfig::unique(agent)
+    };
     let lab = match Lab::up(&lab_config) {
         Ok(l) => l,
         Err(e) => {

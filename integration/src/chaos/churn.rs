@@ -55,6 +55,19 @@ pub fn claims() -> Vec<(IpAddr, String)> {
         .collect()
 }
 
+/// The churn Services' IPs with their claims (node-heartbeat record).
+pub fn service_claims() -> Vec<(IpAddr, String)> {
+    SERVICES
+        .iter()
+        .flat_map(|(name, v4, v6)| {
+            [
+                (IpAddr::V4(*v4), format!("default/{name}")),
+                (IpAddr::V6(*v6), format!("default/{name}")),
+            ]
+        })
+        .collect()
+}
+
 /// One churn action, for the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChurnAction {

@@ -189,6 +189,10 @@ mod tests {
                 .map(|(n, _)| n.to_string())
                 .collect()
         }
+
+        fn all(&self) -> BTreeMap<String, Vec<crate::chaos::timeline::Tenure>> {
+            BTreeMap::new()
+        }
     }
 
     #[test]

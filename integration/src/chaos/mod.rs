@@ -33,7 +33,7 @@ use crate::poll::wait_until;
 use crate::probe::monotonic_ns;
 use faults::{AFTERMATH, FaultKind, Target};
 use report::{FaultRun, Findings, Report};
-use timeline::LeaseHistory;
+use timeline::{HolderTimeline, LeaseHistory, RecordHistory};
 
 /// How often every VIP is probed.
 pub const PROBE_PERIOD: Duration = Duration::from_millis(10);
@@ -111,6 +111,17 @@ pub fn claims() -> BTreeMap<IpAddr, String> {
     out
 }
 
+/// Every probed IP with its claim (`default/<Service>`) in the
+/// node-heartbeat record.
+pub fn record_claims() -> BTreeMap<IpAddr, String> {
+    let mut out: BTreeMap<IpAddr, String> = STABLE
+        .iter()
+        .flat_map(|(svc, ips)| ips.iter().map(move |ip| (*ip, format!("default/{svc}"))))
+        .collect();
+    out.extend(churn::service_claims());
+    out
+}
+
 /// Waits until each stable Service has a holder whose MAC alone answered
 /// the last [`SETTLED_PROBES`] probes of both its VIPs, and every agent runs.
 fn settle(lab: &Lab, probes: &ProbeSession) -> Result<(), LabError> {
@@ -156,7 +167,7 @@ fn detect(
     lab: &Lab,
     logs: &ProbeLogs,
     announcements: &[crate::lab::Announcement],
-    history: &LeaseHistory,
+    history: &dyn HolderTimeline,
 ) -> Findings {
     let node_of = |mac: [u8; 6]| lab.state.node_by_mac(mac).map(|n| n.name.clone());
     let name = |mac: [u8; 6]| node_of(mac).unwrap_or_else(|| crate::mac::format(mac));
@@ -263,12 +274,22 @@ pub fn run(lab: &Lab, config: &ChaosConfig) -> Result<Report, LabError> {
     let announcements = capture.announcements()?;
     drop(capture);
     let end_ns = monotonic_ns();
-    let history = LeaseHistory::from_writes(claims(), &lab.apiserver()?.write_history());
-    let mut findings = detect(lab, &logs, &announcements, &history);
+    let writes = lab.apiserver()?.write_history();
+    let history: Box<dyn HolderTimeline> = match lab.state.election.as_deref() {
+        Some("per-service") | Some("client-go") => {
+            Box::new(LeaseHistory::from_writes(claims(), &writes))
+        }
+        _ => Box::new(RecordHistory::from_writes(
+            record_claims(),
+            &writes,
+            crate::lab::RENEW_DEADLINE.as_nanos() as u64,
+        )),
+    };
+    let mut findings = detect(lab, &logs, &announcements, history.as_ref());
     // Gaps count from the first settled moment on.
     findings.gaps.retain(|g| g.from_ns >= steady_ns);
     let probes_sent = logs.values().map(Vec::len).sum();
-    let tenures = history.all().clone();
+    let tenures = history.all();
     Ok(Report::build(
         config.seed,
         config.profile.to_string(),

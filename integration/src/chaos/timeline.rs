@@ -10,8 +10,10 @@
 //! deleted, or a lease duration has passed since the last version naming
 //! it (its last renewal) — whichever comes first.
 //!
-//! Another election mode (a node-heartbeat assignment record instead of
-//! per-Service Leases) supplies its own [`HolderTimeline`].
+//! In node-heartbeat mode the truth is the assignment record and the
+//! heartbeats instead ([`RecordHistory`]): a node holds a claim while the
+//! record assigns the claim to its current epoch, its heartbeat says it is
+//! a member, and its last renewal is younger than the renew deadline.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -24,6 +26,20 @@ pub trait HolderTimeline {
     /// The nodes that held the claim covering `ip` at some instant of
     /// `[from_ns, to_ns]` (monotonic ns).
     fn holders_between(&self, ip: IpAddr, from_ns: u64, to_ns: u64) -> Vec<String>;
+    /// Every claim's tenures, for the report.
+    fn all(&self) -> BTreeMap<String, Vec<Tenure>>;
+}
+
+/// The nodes among `tenures` overlapping `[from_ns, to_ns]`.
+fn overlapping(tenures: &[Tenure], from_ns: u64, to_ns: u64) -> Vec<String> {
+    let mut nodes: Vec<String> = tenures
+        .iter()
+        .filter(|t| t.from_ns <= to_ns && t.to_ns >= from_ns)
+        .map(|t| t.node.clone())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    nodes
 }
 
 /// One node's tenure of a claim.
@@ -128,11 +144,6 @@ impl LeaseHistory {
     pub fn tenures(&self, lease: &str) -> &[Tenure] {
         self.tenures.get(lease).map_or(&[], Vec::as_slice)
     }
-
-    /// Every Lease's tenures.
-    pub fn all(&self) -> &BTreeMap<String, Vec<Tenure>> {
-        &self.tenures
-    }
 }
 
 impl HolderTimeline for LeaseHistory {
@@ -140,15 +151,141 @@ impl HolderTimeline for LeaseHistory {
         let Some(lease) = self.claims.get(&ip) else {
             return Vec::new();
         };
-        let mut nodes: Vec<String> = self
-            .tenures(lease)
-            .iter()
-            .filter(|t| t.from_ns <= to_ns && t.to_ns >= from_ns)
-            .map(|t| t.node.clone())
-            .collect();
-        nodes.sort();
-        nodes.dedup();
-        nodes
+        overlapping(self.tenures(lease), from_ns, to_ns)
+    }
+
+    fn all(&self) -> BTreeMap<String, Vec<Tenure>> {
+        self.tenures.clone()
+    }
+}
+
+/// Node-heartbeat mode: claims' tenures from the record's ConfigMaps and
+/// the heartbeat Leases in the write log.
+#[derive(Debug, Clone, Default)]
+pub struct RecordHistory {
+    /// IP -> the claim (`namespace/name`) that covers it.
+    claims: BTreeMap<IpAddr, String>,
+    /// Claim -> its tenures.
+    tenures: BTreeMap<String, Vec<Tenure>>,
+}
+
+impl RecordHistory {
+    /// The history of `claims` (IP -> claim) in `writes` (commit order),
+    /// a node's renewal keeping it a member for `renew_deadline_ns`.
+    pub fn from_writes(
+        claims: BTreeMap<IpAddr, String>,
+        writes: &[WriteRecord],
+        renew_deadline_ns: u64,
+    ) -> RecordHistory {
+        use actors::lease::heartbeat::{EVICTED_BY, HEARTBEAT_PREFIX, RECORD_KEY, RECORD_PREFIX};
+        // Per node: (from, to, epoch) spans it was a renewing member.
+        let mut alive: BTreeMap<String, Vec<(u64, u64, u64)>> = BTreeMap::new();
+        // Per claim: (node, epoch, from, to) spans of its assignments.
+        let mut assigned: BTreeMap<String, Vec<(String, u64, u64, u64)>> = BTreeMap::new();
+        let mut current: BTreeMap<String, (String, u64, u64)> = BTreeMap::new();
+        let mut shards: BTreeMap<String, BTreeMap<String, (String, u64)>> = BTreeMap::new();
+        for w in writes.iter().filter(|w| w.namespace == LEASE_NAMESPACE) {
+            if w.resource == "leases"
+                && let Some(node) = w.name.strip_prefix(HEARTBEAT_PREFIX)
+            {
+                let spec = &w.object["spec"];
+                let member = w.kind != "DELETED"
+                    && spec["holderIdentity"].as_str() == Some(node)
+                    && w.object["metadata"]["annotations"][EVICTED_BY].is_null();
+                let epoch = spec["leaseTransitions"].as_u64().unwrap_or(0);
+                let spans = alive.entry(node.to_string()).or_default();
+                // A later version ends the last span at once unless it is
+                // a renewal of the same epoch.
+                if let Some(last) = spans.last_mut()
+                    && last.1 > w.committed_mono_ns
+                {
+                    last.1 = w.committed_mono_ns;
+                }
+                if member {
+                    spans.push((
+                        w.committed_mono_ns,
+                        w.committed_mono_ns + renew_deadline_ns,
+                        epoch,
+                    ));
+                }
+                continue;
+            }
+            if w.resource != "configmaps" || !w.name.starts_with(RECORD_PREFIX) {
+                continue;
+            }
+            let text = w.object["data"][RECORD_KEY].as_str().unwrap_or("{}");
+            let parsed: BTreeMap<String, serde_json::Value> =
+                serde_json::from_str(text).unwrap_or_default();
+            let shard: BTreeMap<String, (String, u64)> = parsed
+                .into_iter()
+                .filter_map(|(c, a)| Some((c, (a["n"].as_str()?.to_string(), a["e"].as_u64()?))))
+                .collect();
+            if w.kind == "DELETED" {
+                shards.remove(&w.name);
+            } else {
+                shards.insert(w.name.clone(), shard);
+            }
+            let now: BTreeMap<&String, &(String, u64)> =
+                shards.values().flat_map(|s| s.iter()).collect();
+            for claim in claims.values() {
+                let next = now.get(claim).copied();
+                let cur = current.get(claim);
+                if cur.map(|(n, e, _)| (n, e)) == next.map(|(n, e)| (n, e)) {
+                    continue;
+                }
+                if let Some((n, e, from)) = current.remove(claim) {
+                    assigned.entry(claim.clone()).or_default().push((
+                        n,
+                        e,
+                        from,
+                        w.committed_mono_ns,
+                    ));
+                }
+                if let Some((n, e)) = next {
+                    current.insert(claim.clone(), (n.clone(), *e, w.committed_mono_ns));
+                }
+            }
+        }
+        for (claim, (n, e, from)) in current {
+            assigned
+                .entry(claim)
+                .or_default()
+                .push((n, e, from, u64::MAX));
+        }
+        let mut tenures: BTreeMap<String, Vec<Tenure>> = BTreeMap::new();
+        for (claim, spans) in assigned {
+            let out = tenures.entry(claim).or_default();
+            for (node, epoch, from, to) in spans {
+                for (a_from, a_to, a_epoch) in alive.get(&node).into_iter().flatten() {
+                    if *a_epoch != epoch || *a_to < from || *a_from > to {
+                        continue;
+                    }
+                    out.push(Tenure {
+                        node: node.clone(),
+                        from_ns: from.max(*a_from),
+                        to_ns: to.min(*a_to),
+                    });
+                }
+            }
+        }
+        RecordHistory { claims, tenures }
+    }
+}
+
+impl HolderTimeline for RecordHistory {
+    fn holders_between(&self, ip: IpAddr, from_ns: u64, to_ns: u64) -> Vec<String> {
+        let Some(claim) = self.claims.get(&ip) else {
+            return Vec::new();
+        };
+        overlapping(
+            self.tenures.get(claim).map_or(&[], Vec::as_slice),
+            from_ns,
+            to_ns,
+        )
+    }
+
+    fn all(&self) -> BTreeMap<String, Vec<Tenure>> {
+        self.tenures.clone()
     }
 }
 

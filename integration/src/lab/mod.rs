@@ -114,6 +114,9 @@ pub struct LabConfig {
     pub dir: PathBuf,
     /// The `l2announcer` binary.
     pub agent_bin: PathBuf,
+    /// `--l2-announcements-election` of the agents (`None`: the default,
+    /// node-heartbeat).
+    pub election: Option<String>,
 }
 
 impl LabConfig {
@@ -123,6 +126,7 @@ impl LabConfig {
             id: "l2alab".into(),
             dir: PathBuf::from("/run/l2announcer-lab"),
             agent_bin,
+            election: None,
         }
     }
 
@@ -139,6 +143,7 @@ impl LabConfig {
             dir: PathBuf::from(format!("/run/l2announcer-{id}")),
             id,
             agent_bin,
+            election: None,
         }
     }
 
@@ -181,6 +186,7 @@ impl LabConfig {
             host_pid: std::process::id(),
             nodes,
             client_rate: state::default_client_rate(),
+            election: self.election.clone(),
         }
     }
 }
@@ -339,6 +345,20 @@ impl Lab {
 
     /// The current holder of `service`'s lease (in `default`), when valid.
     pub fn holder(&self, service: &str) -> Result<Option<String>, LabError> {
+        if self
+            .state
+            .election
+            .as_deref()
+            .is_some_and(|m| m != "node-heartbeat")
+        {
+            return self.lease_holder(service);
+        }
+        self.record_holder(service)
+    }
+
+    /// The holder the per-Service Lease names (per-service mode; in
+    /// node-heartbeat mode the Lease is a lazy mirror of the record).
+    pub fn lease_holder(&self, service: &str) -> Result<Option<String>, LabError> {
         let client = self.client();
         let name = lease_name(service);
         let lease = self
@@ -353,6 +373,42 @@ impl Lab {
             .and_then(|l| l.spec)
             .and_then(|s| s.holder_identity)
             .filter(|h| !h.is_empty()))
+    }
+
+    /// The holder the node-heartbeat assignment record names for the claim
+    /// `default/<service>`, when that node is a member under the assigned
+    /// epoch.
+    pub fn record_holder(&self, service: &str) -> Result<Option<String>, LabError> {
+        use actors::lease::heartbeat::{
+            HEARTBEAT_LABEL, RECORD_LABEL, heartbeat_of, shard_of_configmap,
+        };
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let client = self.client();
+        let (shards, heartbeats) = self
+            .rt
+            .block_on(async move {
+                let lp = |l: &str| kube::api::ListParams::default().labels(l);
+                let cms = Api::<ConfigMap>::namespaced(client.clone(), LEASE_NAMESPACE)
+                    .list(&lp(RECORD_LABEL))
+                    .await?;
+                let hbs = Api::<Lease>::namespaced(client, LEASE_NAMESPACE)
+                    .list(&lp(HEARTBEAT_LABEL))
+                    .await?;
+                Ok::<_, kube::Error>((cms.items, hbs.items))
+            })
+            .map_err(objects::api_err)?;
+        let claim = format!("default/{service}");
+        let Some(a) = shards
+            .iter()
+            .find_map(|cm| shard_of_configmap(cm).get(&claim).cloned())
+        else {
+            return Ok(None);
+        };
+        let live = heartbeats.iter().any(|l| {
+            let hb = heartbeat_of(l);
+            hb.member(&a.node) && hb.epoch == a.epoch
+        });
+        Ok(live.then_some(a.node))
     }
 
     /// Waits until `service` is held by someone other than `not` (any

@@ -64,6 +64,10 @@ pub struct LabState {
     /// now on.
     #[serde(default = "default_client_rate")]
     pub client_rate: (f64, u32),
+    /// `--l2-announcements-election` of the agents (`None`: the agent's
+    /// default, node-heartbeat).
+    #[serde(default)]
+    pub election: Option<String>,
 }
 
 /// Renewing every 200 ms per Service needs more than the default 5 qps
@@ -162,6 +166,9 @@ impl LabState {
             .arg(&node.api_socket)
             .arg("--bpf-root")
             .arg(&node.bpf_root);
+        if let Some(mode) = &self.election {
+            c.arg("--l2-announcements-election").arg(mode);
+        }
         c
     }
 

@@ -304,6 +304,13 @@ impl HeartbeatActor {
             let seen = match result {
                 Ok(cm) => {
                     for (claim, reason) in &taken {
+                        let takeover = match reason {
+                            super::core::TakeReason::Takeover { last_renewal } => {
+                                last_renewal.map(|t| now.saturating_duration_since(t))
+                            }
+                            _ => None,
+                        };
+                        act.observer.acquired(claim, takeover);
                         act.observer.claim_taken(claim, reason.as_str());
                     }
                     Some((

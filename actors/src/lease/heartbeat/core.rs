@@ -81,8 +81,9 @@ pub fn shard_of(claim: &str) -> u32 {
 pub enum TakeReason {
     /// Never assigned before, as far as this node saw.
     New,
-    /// Assigned to a node that was evicted or joined again since.
-    Takeover,
+    /// Assigned to a node that was evicted or joined again since; when
+    /// this node last saw that node renew, if it did.
+    Takeover { last_renewal: Option<Instant> },
     /// Released by its previous holder.
     HandOff,
 }
@@ -91,7 +92,7 @@ impl TakeReason {
     pub fn as_str(self) -> &'static str {
         match self {
             TakeReason::New => "new",
-            TakeReason::Takeover => "takeover",
+            TakeReason::Takeover { .. } => "takeover",
             TakeReason::HandOff => "hand-off",
         }
     }
@@ -214,6 +215,8 @@ pub struct HeartbeatCore {
     released: BTreeSet<String>,
     /// Releases carried by the write in flight of each shard.
     releasing: BTreeMap<u32, Vec<String>>,
+    /// When each node was last seen renewing (a new member version).
+    last_renewal: BTreeMap<String, Instant>,
     /// Evictions this node performed and observed (for metrics).
     pub evictions_performed: u64,
 }
@@ -242,6 +245,7 @@ impl HeartbeatCore {
             closing: BTreeSet::new(),
             released: BTreeSet::new(),
             releasing: BTreeMap::new(),
+            last_renewal: BTreeMap::new(),
             evictions_performed: 0,
         }
     }
@@ -357,6 +361,9 @@ impl HeartbeatCore {
                     && (cur.rv == rv || older(&rv, &cur.rv))
                 {
                     return;
+                }
+                if value.member(node) {
+                    self.last_renewal.insert(node.to_string(), now);
                 }
                 self.heartbeats.insert(
                     node.to_string(),
@@ -709,7 +716,9 @@ impl HeartbeatCore {
                 self.free_since.remove(claim);
                 return None;
             }
-            Some(_) => TakeReason::Takeover,
+            Some(a) => TakeReason::Takeover {
+                last_renewal: self.last_renewal.get(&a.node).copied(),
+            },
             None if self.seen_assigned.contains(claim) => TakeReason::HandOff,
             None => TakeReason::New,
         };
