@@ -446,15 +446,9 @@ impl LeaseObserver for Metrics {
     }
 
     fn claim_taken(&self, _claim: &str, reason: &str) {
+        // lease_acquisitions is counted by `acquired`, which the
+        // heartbeat election reports alongside.
         self.claims_taken.with_label_values(&[reason]).inc();
-        let acquisition = if reason == "takeover" {
-            "takeover"
-        } else {
-            "acquired"
-        };
-        self.lease_acquisitions
-            .with_label_values(&[acquisition])
-            .inc();
     }
 
     fn mirror_pending(&self, count: usize) {

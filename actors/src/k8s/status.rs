@@ -38,6 +38,8 @@ pub const CONDITION_TYPE: &str = "l2announcer.io/Announced";
 pub const REASON_ANNOUNCED: &str = "Announced";
 pub const REASON_NOT_ANNOUNCED: &str = "NotAnnounced";
 pub const REASON_NO_READY_ENDPOINT: &str = "NoReadyEndpoint";
+/// Services sharing an IP, of which this node is selected for some only.
+pub const REASON_SHARED_IP_NOT_SELECTED: &str = "SharedIPNotSelected";
 
 /// The field manager of these writes.
 const FIELD_MANAGER: &str = "l2announcer-agent";
@@ -140,10 +142,12 @@ impl AnnounceObserver for ServiceStatus {
 }
 
 /// The conditions list with ours set to `w`; `None` when nothing changes
-/// or, for a conditional write, when the condition no longer names `node`.
-fn next_conditions(w: &Wanted, node: &str) -> Option<Vec<Condition>> {
+/// or, for a conditional write, when the condition no longer names `node`
+/// (`ours_after`: the watch may not show this node's own last write yet,
+/// which it then names).
+fn next_conditions(w: &Wanted, node: &str, ours_after: bool) -> Option<Vec<Condition>> {
     let cur = current(&w.service);
-    if w.conditional && !cur.is_some_and(|c| names(c, node)) {
+    if w.conditional && !ours_after && !cur.is_some_and(|c| names(c, node)) {
         return None;
     }
     if cur.is_some_and(|c| c.status == w.status && c.reason == w.reason && c.message == w.message) {
@@ -177,6 +181,10 @@ async fn write(client: kube::Client, mut rx: mpsc::UnboundedReceiver<Wanted>) {
     // The latest wanted state of each rate-limited Service.
     let mut waiting: HashMap<String, Wanted> = HashMap::new();
     let mut retry = tokio::time::interval(RETRY);
+    // The resourceVersion this node's last `True` write of a Service
+    // produced, while the Service as seen is older than it: a release
+    // then uses it as precondition (it fails if anyone wrote since).
+    let mut mine: HashMap<String, String> = HashMap::new();
     loop {
         let mut batch: Vec<Wanted> = Vec::new();
         tokio::select! {
@@ -188,7 +196,14 @@ async fn write(client: kube::Client, mut rx: mpsc::UnboundedReceiver<Wanted>) {
         }
         for w in batch {
             let key = w.service.key();
-            let Some(conditions) = next_conditions(&w, &w.node) else {
+            // Our own write is newer than the view when the view does not
+            // show its resourceVersion yet (kube resourceVersions are
+            // opaque; equal means seen, and a later event replaces `mine`).
+            let ours_after = mine
+                .get(&key)
+                .is_some_and(|rv| *rv != w.service.resource_version);
+            let seen_ours = current(&w.service).is_some_and(|c| names(c, &w.node));
+            let Some(conditions) = next_conditions(&w, &w.node, ours_after && !seen_ours) else {
                 continue;
             };
             let now = Instant::now();
@@ -203,8 +218,11 @@ async fn write(client: kube::Client, mut rx: mpsc::UnboundedReceiver<Wanted>) {
             let api: Api<Service> = Api::namespaced(client.clone(), &w.service.namespace);
             let mut patch = serde_json::json!({ "status": { "conditions": conditions } });
             if w.conditional {
-                patch["metadata"] =
-                    serde_json::json!({ "resourceVersion": w.service.resource_version });
+                let rv = match mine.get(&key) {
+                    Some(rv) if !seen_ours => rv.clone(),
+                    _ => w.service.resource_version.clone(),
+                };
+                patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
             }
             let params = PatchParams {
                 field_manager: Some(FIELD_MANAGER.to_string()),
@@ -214,7 +232,14 @@ async fn write(client: kube::Client, mut rx: mpsc::UnboundedReceiver<Wanted>) {
                 .patch_status(&w.service.name, &params, &Patch::Merge(&patch))
                 .await
             {
-                Ok(_) => {}
+                Ok(svc) => {
+                    if w.status == "True" {
+                        let rv = svc.metadata.resource_version.unwrap_or_default();
+                        mine.insert(key, rv);
+                    } else {
+                        mine.remove(&key);
+                    }
+                }
                 // A release based on an older view: the new holder wrote.
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     debug!(service = %key, "condition changed meanwhile; left as it is")

@@ -106,6 +106,9 @@ pub struct ServiceActor {
     decided: BTreeSet<String>,
     /// Services this node announces, with what, for the stop reports.
     announcing: BTreeMap<String, (ServiceView, Candidacy)>,
+    /// Claims this node is a candidate for some members of but not all:
+    /// reported once each time a claim becomes so.
+    partial: BTreeSet<String>,
     policy_rows_scheduled: bool,
     campaign: Recipient<Campaign>,
     withdraw: Recipient<Withdraw>,
@@ -156,6 +159,7 @@ impl ServiceActor {
             leading: BTreeSet::new(),
             decided: BTreeSet::new(),
             announcing: BTreeMap::new(),
+            partial: BTreeSet::new(),
             policy_rows_scheduled: false,
             campaign: election.campaign,
             withdraw: election.withdraw,
@@ -290,8 +294,42 @@ impl ServiceActor {
             });
         }
         self.write_claim_rows(claim);
+        // Why, before the stop reports (see update_announcing).
+        self.report_partial(claim, &members);
+        for m in &members {
+            self.update_announcing(m);
+        }
+    }
+
+    /// Says on each member's Service, once per occurrence, that this node
+    /// is selected for some Services sharing the claim's IPs but not for
+    /// all, so it may announce none of them (the eligibility rule).
+    fn report_partial(&mut self, claim: &str, members: &[String]) {
+        let (selected, not): (Vec<&String>, Vec<&String>) = members
+            .iter()
+            .partition(|m| self.candidacies.contains_key(*m));
+        if selected.is_empty() || not.is_empty() {
+            self.partial.remove(claim);
+            return;
+        }
+        if !self.partial.insert(claim.to_string()) {
+            return;
+        }
+        let list = |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+        let why = format!(
+            "{} share IPs with {}: this node is selected for the first only, and a node \
+             announces a shared IP only when selected for every Service sharing it",
+            list(&selected),
+            list(&not),
+        );
         for m in members {
-            self.update_announcing(&m);
+            if let Some(view) = self.view(m) {
+                self.observer.not_announceable(
+                    &view,
+                    crate::k8s::status::REASON_SHARED_IP_NOT_SELECTED,
+                    &why,
+                );
+            }
         }
     }
 
@@ -435,11 +473,9 @@ impl ServiceActor {
                 self.announcing.insert(service.to_string(), (view, c));
             }
             (None, Some(_)) => {
-                // What was announced, also when the Service is gone by now.
-                if let Some((view, c)) = self.announcing.remove(service) {
-                    self.observer.announcing(&view, false, &c);
-                }
-                // The last holder says why nobody can take it over.
+                // The last holder says why nobody can take it over, before
+                // it reports the stop: the Service's condition keeps the
+                // why (the stop's conditional write then finds it changed).
                 if let Some(view) = self.view(service)
                     && view.traffic_policy_local
                     && !self.any_ready_endpoint(&view)
@@ -449,6 +485,10 @@ impl ServiceActor {
                         crate::k8s::status::REASON_NO_READY_ENDPOINT,
                         "externalTrafficPolicy is Local and no node has a ready endpoint: not announced",
                     );
+                }
+                // What was announced, also when the Service is gone by now.
+                if let Some((view, c)) = self.announcing.remove(service) {
+                    self.observer.announcing(&view, false, &c);
                 }
             }
             (None, None) => {}
