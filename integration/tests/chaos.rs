@@ -10,16 +10,8 @@
 //! Needs root and `target/debug/l2announcer`; builds its own lab (one lab
 //! at a time on a machine: every lab puts 198.51.100.254 on a host bridge).
 
-use std::path::PathBuf;
-
 use integration::chaos::{self, ChaosConfig, Profile};
 use integration::lab::{Lab, LabConfig};
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
-}
 
 #[test]
 fn chaos_short_profile_finds_one_answerer_per_ip_node_heartbeat() {
@@ -36,12 +28,7 @@ static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn short_profile(election: &str) {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let agent = target_dir().join("debug/l2announcer");
-    assert!(
-        agent.exists(),
-        "{} missing: run `cargo build -p l2announcer` first",
-        agent.display()
-    );
+    let agent = integration::lab::debug_agent();
     let seed = std::env::var("L2A_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -61,7 +48,9 @@ fn short_profile(election: &str) {
     let logs = lab.state.log_tails(40);
     lab.down();
     let report = report.expect("chaos run");
-    let out = target_dir().join("chaos/short").join(election);
+    let out = integration::lab::target_dir()
+        .join("chaos/short")
+        .join(election);
     report.write(&out).expect("write the report");
     eprintln!("{}\n(report in {})", report.table(), out.display());
     assert!(

@@ -8,7 +8,6 @@
 //! test API server's request log. One lab at a time (see e2e_lab.rs).
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,19 +26,6 @@ static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 const CONDITION: &str = "l2announcer.io/Announced";
 const WAIT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(50);
-
-fn agent_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
-    let bin = target.join("debug/l2announcer");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p l2announcer` first",
-        bin.display()
-    );
-    bin
-}
 
 fn services(lab: &Lab) -> Api<Service> {
     Api::namespaced(lab.client(), "default")
@@ -146,7 +132,7 @@ fn wait_holder_is(lab: &Lab, service: &str, node: &str) {
 #[test]
 fn external_traffic_policy_local_follows_the_ready_endpoint() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::up(&LabConfig::unique(agent_bin())).expect("lab up");
+    let lab = Lab::up(&LabConfig::unique(lab::debug_agent())).expect("lab up");
     let vip = Ipv4Addr::new(192, 0, 2, 130);
     let (mac1, mac2) = (
         lab.state.mac("node-1").expect("mac"),
@@ -221,7 +207,7 @@ fn external_traffic_policy_local_follows_the_ready_endpoint() {
 #[test]
 fn services_sharing_an_ip_are_announced_only_by_a_node_selected_for_all() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::up(&LabConfig::unique(agent_bin())).expect("lab up");
+    let lab = Lab::up(&LabConfig::unique(lab::debug_agent())).expect("lab up");
     let vip = Ipv4Addr::new(192, 0, 2, 140);
     let (mac1, mac2) = (
         lab.state.mac("node-1").expect("mac"),
@@ -337,7 +323,7 @@ fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
 #[test]
 fn the_service_shows_its_announcer_through_kubectl() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let lab = Lab::up(&LabConfig::unique(agent_bin())).expect("lab up");
+    let lab = Lab::up(&LabConfig::unique(lab::debug_agent())).expect("lab up");
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
     lab.apiserver()

@@ -574,6 +574,25 @@ impl Drop for Lab {
 
 /// What singles out `node`'s agent in a User-Agent
 /// (`l2announcer/<version> (<node>)`).
+/// The workspace's target directory (`CARGO_TARGET_DIR` when set).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
+}
+
+/// `target/debug/l2announcer`, the agent the lab tests run. Panics, naming
+/// the command that builds it, when it is missing (tests only).
+pub fn debug_agent() -> PathBuf {
+    let bin = target_dir().join("debug/l2announcer");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p l2announcer` first",
+        bin.display()
+    );
+    bin
+}
+
 pub fn agent_user_agent(node: &str) -> String {
     format!("({node})")
 }
