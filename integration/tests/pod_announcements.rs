@@ -197,9 +197,9 @@ fn each_node_announces_its_own_pods_addresses_only() {
     assert_eq!(count("node-3", "ipv4"), Some(0.0));
     assert_eq!(count("node-3", "ipv6"), Some(0.0));
 
-    // Every repeat has gone out by now (3 announcements, 1 s apart): the
-    // host-network pod's address was never announced, and no node spoke
-    // for another node's pod.
+    // The host-network pod's address was never announced (its event came
+    // before web-1's, whose frames are in), and no node spoke for another
+    // node's pod, repeats and the restart included.
     let all = capture.announcements().expect("read capture");
     assert!(
         for_address(&all, "192.0.2.52").is_empty(),
