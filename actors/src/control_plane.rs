@@ -15,6 +15,9 @@
 //! Lease watch + writes ------------------------> LeaseActor --Fences--+    |
 //!                         Leadership per claim  <------+                   |
 //!                                    ServiceActor --------- rows ----------+
+//!
+//! with --enable-l2-pod-announcements (no election, no eBPF map):
+//! pods of this node (watch) + table `devices` --> PodActor --> GratuitousSender
 //! ```
 
 use std::collections::BTreeSet;
@@ -38,6 +41,7 @@ use crate::lease::{
     ElectionMode, LeaseActor, LeaseConfig, LeaseObserver, LeaseTiming, NoLeaseObserver,
 };
 use crate::messages::{ReleaseAll, SelectedDevices};
+use crate::pods::{NoPodObserver, PodActor, PodConfig, PodObserver};
 use crate::policy::{NoPolicyObserver, PolicyActor, PolicyObserver};
 use crate::service::{
     AnnounceObserver, ElectionRecipients, NoAnnounceObserver, ServiceActor, ServiceConfig,
@@ -92,6 +96,7 @@ pub struct Observers {
     pub announce: Arc<dyn AnnounceObserver>,
     pub policy: Arc<dyn PolicyObserver>,
     pub datapath: Arc<dyn DatapathObserver>,
+    pub pods: Arc<dyn PodObserver>,
 }
 
 impl Default for Observers {
@@ -101,6 +106,7 @@ impl Default for Observers {
             announce: Arc::new(NoAnnounceObserver),
             policy: Arc::new(NoPolicyObserver),
             datapath: Arc::new(NoDatapathObserver),
+            pods: Arc::new(NoPodObserver),
         }
     }
 }
@@ -122,6 +128,8 @@ pub struct ControlPlaneBuilder {
     devices: Devices,
     observers: Observers,
     run: RunId,
+    /// `--l2-pod-announcements-interface` when pod announcements are on.
+    pod_interface: Option<String>,
 }
 
 /// A running control plane.
@@ -202,6 +210,7 @@ impl ControlPlane {
             devices: Devices::Netlink(DeviceFilter::all()),
             observers: Observers::default(),
             run: RunId::new(),
+            pod_interface: None,
         }
     }
 
@@ -273,6 +282,14 @@ impl ControlPlaneBuilder {
         self
     }
 
+    /// Announces the addresses of this node's pods on `interface`
+    /// (`--enable-l2-pod-announcements`), with the announcer's gratuitous
+    /// sender and repeat settings.
+    pub fn pod_announcements(mut self, interface: impl Into<String>) -> Self {
+        self.pod_interface = Some(interface.into());
+        self
+    }
+
     /// Starts the announcer over `maps` and `sender`, then the actors.
     /// Must run inside an actix System (the actors start on its arbiter).
     pub fn start<M, G>(
@@ -283,7 +300,7 @@ impl ControlPlaneBuilder {
     ) -> Result<ControlPlane, ControlPlaneError>
     where
         M: ResponderMaps + 'static,
-        G: GratuitousSender + 'static,
+        G: GratuitousSender + Clone + 'static,
     {
         let ControlPlaneBuilder {
             client,
@@ -294,7 +311,9 @@ impl ControlPlaneBuilder {
             devices,
             observers,
             run,
+            pod_interface,
         } = self;
+        let pod_sender = sender.clone();
         options.node_fence = election == ElectionMode::NodeHeartbeat;
         // The datapath first: built (and what an earlier run left taken
         // stock of) before any election can open a fence.
@@ -360,7 +379,7 @@ impl ControlPlaneBuilder {
             client.clone(),
             db.clone(),
             ServiceConfig {
-                me: node,
+                me: node.clone(),
                 external_ips_enabled,
                 run: run.clone(),
             },
@@ -368,6 +387,19 @@ impl ControlPlaneBuilder {
             observers.announce.clone(),
         )?;
         service_ctx.run(service);
+        if let Some(interface) = pod_interface {
+            start_pod_announcements(
+                client.clone(),
+                &db,
+                PodConfig {
+                    node: node.clone(),
+                    interface,
+                    gratuitous: options.gratuitous,
+                },
+                Box::new(pod_sender),
+                observers.pods.clone(),
+            )?;
+        }
         PolicyActor::new(client, service_addr.clone().recipient(), observers.policy).start();
         start_devices(&db, devices, Some(service_addr.clone()))?;
         info!(run = %run, "control plane started");
@@ -379,6 +411,21 @@ impl ControlPlaneBuilder {
             datapath,
         })
     }
+}
+
+/// Starts the PodActor (`--enable-l2-pod-announcements`). Must run inside
+/// an actix System. Used alone when L2 announcements are disabled, next to
+/// [`start_devices`], which fills the `devices` table it reads.
+pub fn start_pod_announcements(
+    client: kube::Client,
+    db: &statedb::Db,
+    config: PodConfig,
+    sender: Box<dyn GratuitousSender>,
+    observer: Arc<dyn PodObserver>,
+) -> Result<(), ControlPlaneError> {
+    info!(interface = %config.interface, node = %config.node, "L2 pod announcements started");
+    PodActor::new(client, db.clone(), config, sender, observer)?.start();
+    Ok(())
 }
 
 /// Follows the node's devices into the `devices` table, telling the

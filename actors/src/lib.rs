@@ -14,6 +14,8 @@
 //! * [`announce`]: the one owner of the eBPF datapath — it reconciles
 //!   `l2-announce` into the responder maps, opens and closes fences as the
 //!   elections tell it, and sends gratuitous ARP / unsolicited NA;
+//! * [`pods`]: the pods of this node → gratuitous ARP / unsolicited NA for
+//!   their addresses on the pod interface (PodActor, `PodAnnouncements`);
 //! * [`k8s`]: the throttled Kubernetes client, label selectors, Events.
 //!
 //! [`ControlPlane`] wires them; the agent and the tests use the same builder.
@@ -27,6 +29,7 @@ pub mod devices;
 pub mod k8s;
 pub mod lease;
 pub mod messages;
+pub mod pods;
 pub mod policy;
 pub mod service;
 pub mod tables;

@@ -36,7 +36,8 @@ use actors::devices::DeviceFilter;
 use crate::duration;
 use value::{
     choice, go_bool, lease_duration, listen_address, log_filter, non_empty, non_empty_path,
-    nonzero_duration, optional_path, positive_number, positive_whole_number, text, whole_number,
+    nonzero_duration, optional_interface, optional_path, positive_number, positive_whole_number,
+    text, whole_number,
 };
 
 /// The key of the socket option, shared with the query commands.
@@ -139,9 +140,9 @@ pub struct Config {
     #[arg(long = POD_ANNOUNCEMENTS, id = "EnableL2PodAnnouncements")]
     #[arg(value_name = "BOOL", default_value = "false", value_parser = go_bool)]
     pub enable_l2_pod_announcements: bool,
-    /// Interface for pod announcements (required with --enable-l2-pod-announcements)
+    /// Interface on which the pod addresses are announced (required with --enable-l2-pod-announcements)
     #[arg(long = POD_INTERFACE, id = "L2PodAnnouncementsInterface")]
-    #[arg(value_name = "VALUE", default_value = "", value_parser = text)]
+    #[arg(value_name = "VALUE", default_value = "", value_parser = optional_interface)]
     pub l2_pod_announcements_interface: String,
     /// How often the agent refreshes the datapath liveness stamp (< lease duration)
     #[arg(long = LIVENESS_INTERVAL, id = "AgentLivenessUpdateInterval")]
@@ -653,6 +654,15 @@ pub(crate) mod value {
         }
     }
 
+    /// One interface name (as a `--devices` entry, without wildcard), or
+    /// none when empty.
+    pub fn optional_interface(value: &str) -> Result<String, Refused> {
+        match value.trim() {
+            "" => Ok(String::new()),
+            v => actors::devices::interface_name(v).map_err(|e| Refused(e.to_string())),
+        }
+    }
+
     pub fn non_empty_path(value: &str) -> Result<PathBuf, Refused> {
         non_empty(value).map(PathBuf::from)
     }
@@ -807,6 +817,12 @@ mod tests {
             ),
             (&[(POD_ANNOUNCEMENTS, "true")], POD_INTERFACE, "must be set"),
             (
+                &[(POD_INTERFACE, "eth+")],
+                POD_INTERFACE,
+                "one interface name",
+            ),
+            (&[(POD_INTERFACE, "eth 0")], POD_INTERFACE, "does not allow"),
+            (
                 &[(LIVENESS_INTERVAL, "15s")],
                 LIVENESS_INTERVAL,
                 "less than",
@@ -934,6 +950,22 @@ mod tests {
         assert_eq!(c.renew_deadline, Duration::from_secs(5));
         assert_eq!(c.effective[RENEW_DEADLINE].source, Source::Default);
         assert!(!c.effective.contains_key("kube-proxy-replacement"));
+    }
+
+    #[test]
+    fn pod_announcements_read_from_cilium_configmap_keys() {
+        // The reference's ConfigMap form of L2 Pod Announcements.
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(POD_ANNOUNCEMENTS), "true\n").expect("write");
+        std::fs::write(dir.path().join(POD_INTERFACE), "eth0\n").expect("write");
+        let c = with_dir(&[], dir.path()).expect("valid");
+        assert!(c.enable_l2_pod_announcements);
+        assert_eq!(c.l2_pod_announcements_interface, "eth0");
+        assert_eq!(c.effective[POD_INTERFACE].source, Source::ConfigDir);
+        // Off by default, and then the interface may stay unset.
+        let c = resolve(&[]).expect("valid");
+        assert!(!c.enable_l2_pod_announcements);
+        assert_eq!(c.l2_pod_announcements_interface, "");
     }
 
     #[test]

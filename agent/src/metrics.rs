@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use actors::announce::DatapathObserver;
 use actors::k8s::client::ThrottleObserver;
 use actors::lease::LeaseObserver;
+use actors::pods::PodObserver;
 use actors::policy::PolicyObserver;
 use actors::service::{AnnounceObserver, Candidacy, ServiceView};
 use axum::Router;
@@ -51,8 +52,20 @@ pub const NAMES: &[&str] = &[
     "l2announcer_evictions_total",
     "l2announcer_claims_taken_total",
     "l2announcer_mirror_updates_pending",
+    "l2announcer_pod_announcements_total",
+    "l2announcer_pod_addresses",
     "l2announcer_build_info",
 ];
+
+/// The `family` label of the pod metrics.
+pub const FAMILIES: &[&str] = &["ipv4", "ipv6"];
+
+fn family(ip: IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => "ipv4",
+        IpAddr::V6(_) => "ipv6",
+    }
+}
 
 /// Why a claim was taken (node-heartbeat mode).
 pub const TAKE_REASONS: &[&str] = &["new", "takeover", "hand-off"];
@@ -123,6 +136,8 @@ pub struct Metrics {
     evictions: IntCounterVec,
     claims_taken: IntCounterVec,
     mirror_pending: IntGauge,
+    pod_announcements: IntCounterVec,
+    pod_addresses: IntGaugeVec,
     state: Mutex<State>,
 }
 
@@ -240,6 +255,22 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let pod_announcements = counter_vec(
+            &r,
+            "l2announcer_pod_announcements_total",
+            "Gratuitous ARP (ipv4) and unsolicited neighbor advertisements (ipv6) sent for the addresses of this node's pods (--enable-l2-pod-announcements), by family.",
+            &["family"],
+        )?;
+        let pod_addresses = gauge_vec(
+            &r,
+            "l2announcer_pod_addresses",
+            "Addresses of this node's pods that pod announcements cover now, by family.",
+            &["family"],
+        )?;
+        for f in FAMILIES {
+            pod_announcements.with_label_values(&[f]);
+            pod_addresses.with_label_values(&[f]);
+        }
         Ok(Metrics {
             started: Instant::now(),
             leases_held: int_gauge(&r, "l2announcer_leases_held", "Leases this node holds now.")?,
@@ -319,6 +350,8 @@ impl Metrics {
                 "Duration of datapath reconciliation rounds.",
                 RECONCILE_BUCKETS,
             )?,
+            pod_announcements,
+            pod_addresses,
             policy_errors: int_gauge(
                 &r,
                 "l2announcer_policy_errors",
@@ -493,6 +526,22 @@ impl DatapathObserver for Metrics {
 
     fn liveness_refreshed(&self) {
         self.state().last_liveness = Some(Instant::now());
+    }
+}
+
+impl PodObserver for Metrics {
+    fn pod_announced(&self, ip: IpAddr, _interface: &str) {
+        self.pod_announcements
+            .with_label_values(&[family(ip)])
+            .inc();
+    }
+
+    fn pod_addresses(&self, ipv4: usize, ipv6: usize) {
+        for (f, n) in [("ipv4", ipv4), ("ipv6", ipv6)] {
+            self.pod_addresses
+                .with_label_values(&[f])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 }
 
@@ -953,6 +1002,30 @@ mod tests {
         m.candidate("default/web", false);
         assert_eq!(value_of(&m.render(), web), None);
         assert_eq!(value_of(&m.render(), db), Some(1.0));
+    }
+
+    #[test]
+    fn pod_announcements_count_by_family_from_zero() {
+        let m = Metrics::new().unwrap();
+        let v4 = "l2announcer_pod_announcements_total{family=\"ipv4\"}";
+        let v6 = "l2announcer_pod_announcements_total{family=\"ipv6\"}";
+        assert_eq!(value_of(&m.render(), v4), Some(0.0), "exposed before any");
+        assert_eq!(value_of(&m.render(), v6), Some(0.0));
+        m.pod_announced("192.0.2.50".parse().unwrap(), "eth0");
+        m.pod_announced("192.0.2.51".parse().unwrap(), "eth0");
+        m.pod_announced("2001:db8::50".parse().unwrap(), "eth0");
+        assert_eq!(value_of(&m.render(), v4), Some(2.0));
+        assert_eq!(value_of(&m.render(), v6), Some(1.0));
+        m.pod_addresses(3, 1);
+        let text = m.render();
+        assert_eq!(
+            value_of(&text, "l2announcer_pod_addresses{family=\"ipv4\"}"),
+            Some(3.0)
+        );
+        assert_eq!(
+            value_of(&text, "l2announcer_pod_addresses{family=\"ipv6\"}"),
+            Some(1.0)
+        );
     }
 
     #[test]

@@ -7,11 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use actors::announce::{AnnouncerOptions, GratuitousConfig, SocketSender};
-use actors::control_plane::{ControlPlane, Devices, Observers, start_devices};
+use actors::control_plane::{
+    ControlPlane, Devices, Observers, start_devices, start_pod_announcements,
+};
 use actors::k8s::client as kubeclient;
 use actors::k8s::events::{Fanout, ServiceEvents};
 use actors::k8s::status::ServiceStatus;
 use actors::lease::LeaseTiming;
+use actors::pods::PodConfig;
 use bpf::{AttachMode, Responder, ResponderConfig};
 
 use anyhow::Context as _;
@@ -61,8 +64,44 @@ fn bind_api_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Starts device tracking, and with `--enable-l2-announcements` the
-/// datapath and the control plane. `None` when only devices are tracked.
+/// The one Kubernetes client, created on the System arbiter, and its
+/// token bucket.
+async fn kube_client(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(kube::Client, kubeclient::ClientBudget)> {
+    let kube_config = kubeclient::load_config(config.k8s_kubeconfig_path.as_deref())
+        .await
+        .context("loading the Kubernetes client configuration")?;
+    Ok(kubeclient::build_client_with_budget(
+        kube_config,
+        &config.node_name,
+        config.k8s_client_qps,
+        config.k8s_client_burst,
+        metrics.clone(),
+    )?)
+}
+
+/// What `--enable-l2-pod-announcements` starts, when it is on.
+fn pod_config(config: &Config) -> Option<PodConfig> {
+    config.enable_l2_pod_announcements.then(|| PodConfig {
+        node: config.node_name.clone(),
+        interface: config.l2_pod_announcements_interface.clone(),
+        gratuitous: gratuitous_config(config),
+    })
+}
+
+fn gratuitous_config(config: &Config) -> GratuitousConfig {
+    GratuitousConfig {
+        count: config.l2_gratuitous_count,
+        interval: config.l2_gratuitous_interval,
+    }
+}
+
+/// Starts device tracking, with `--enable-l2-announcements` the datapath
+/// and the control plane, and with `--enable-l2-pod-announcements` the pod
+/// announcements (inside the control plane, or alone). `None` when no
+/// control plane runs.
 async fn start_actors(
     config: &Config,
     db: &statedb::Db,
@@ -71,7 +110,18 @@ async fn start_actors(
     let devices = Devices::Netlink(config.devices.clone());
     if !config.enable_l2_announcements {
         start_devices(db, devices, None)?;
-        info!("L2 announcements disabled (--enable-l2-announcements=false): tracking devices only");
+        match pod_config(config) {
+            Some(pods) => {
+                let (client, _) = kube_client(config, metrics).await?;
+                start_pod_announcements(client, db, pods, Box::new(SocketSender), metrics.clone())?;
+                info!(
+                    "L2 announcements disabled (--enable-l2-announcements=false): tracking devices and announcing pods only"
+                );
+            }
+            None => info!(
+                "L2 announcements disabled (--enable-l2-announcements=false): tracking devices only"
+            ),
+        }
         return Ok(None);
     }
 
@@ -94,16 +144,7 @@ async fn start_actors(
     };
 
     // One Kubernetes client, created here on the System arbiter.
-    let kube_config = kubeclient::load_config(config.k8s_kubeconfig_path.as_deref())
-        .await
-        .context("loading the Kubernetes client configuration")?;
-    let (client, budget) = kubeclient::build_client_with_budget(
-        kube_config,
-        &config.node_name,
-        config.k8s_client_qps,
-        config.k8s_client_burst,
-        metrics.clone(),
-    )?;
+    let (client, budget) = kube_client(config, metrics).await?;
     let timing = LeaseTiming {
         lease_duration: config.lease_duration,
         renew_deadline: config.renew_deadline,
@@ -118,8 +159,9 @@ async fn start_actors(
         ])),
         policy: metrics.clone(),
         datapath: metrics.clone(),
+        pods: metrics.clone(),
     };
-    let control_plane = ControlPlane::builder(
+    let mut builder = ControlPlane::builder(
         client,
         db.clone(),
         &config.node_name,
@@ -131,16 +173,16 @@ async fn start_actors(
     .client_qps(config.k8s_client_qps)
     .client_budget(budget)
     .devices(devices)
-    .observers(observers)
-    .start(
+    .observers(observers);
+    if let Some(pods) = pod_config(config) {
+        builder = builder.pod_announcements(pods.interface);
+    }
+    let control_plane = builder.start(
         responder,
         SocketSender,
         AnnouncerOptions {
             mode,
-            gratuitous: GratuitousConfig {
-                count: config.l2_gratuitous_count,
-                interval: config.l2_gratuitous_interval,
-            },
+            gratuitous: gratuitous_config(config),
             liveness_interval: config.agent_liveness_update_interval,
             node_fence: false,
         },
@@ -188,6 +230,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             socket = %config.api_socket.display(),
             db = %config.db_path().display(),
             l2_announcements = config.enable_l2_announcements,
+            l2_pod_announcements = config.enable_l2_pod_announcements,
             "agent started"
         );
 

@@ -69,6 +69,9 @@ pub struct NodeOptions {
     pub burst: u32,
     pub gc_interval: Duration,
     pub election: ElectionMode,
+    /// `--l2-pod-announcements-interface` (`None`: pod announcements off);
+    /// what they send lands in the node's `datapath` too.
+    pub pod_interface: Option<String>,
 }
 
 impl NodeOptions {
@@ -83,6 +86,7 @@ impl NodeOptions {
             burst: 1000,
             gc_interval: actors::lease::GC_INTERVAL,
             election: ElectionMode::PerService,
+            pod_interface: None,
         }
     }
 }
@@ -169,7 +173,7 @@ impl ControlPlaneNode {
                         ..Observers::default()
                     };
                     let devices = Devices::Fixed(device_rows(&options.devices, &datapath));
-                    let control_plane = ControlPlane::builder(
+                    let mut builder = ControlPlane::builder(
                         client,
                         db,
                         &options.name,
@@ -181,18 +185,22 @@ impl ControlPlaneNode {
                     .client_qps(options.qps)
                     .lease_gc_interval(options.gc_interval)
                     .devices(devices)
-                    .observers(observers)
-                    .start(
-                        datapath.clone(),
-                        datapath,
-                        AnnouncerOptions {
-                            mode: AttachMode::Tc,
-                            gratuitous: GratuitousConfig::default(),
-                            liveness_interval: Duration::from_secs(1),
-                            node_fence: false,
-                        },
-                    )
-                    .map_err(|e| e.to_string())?;
+                    .observers(observers);
+                    if let Some(interface) = &options.pod_interface {
+                        builder = builder.pod_announcements(interface.clone());
+                    }
+                    let control_plane = builder
+                        .start(
+                            datapath.clone(),
+                            datapath,
+                            AnnouncerOptions {
+                                mode: AttachMode::Tc,
+                                gratuitous: GratuitousConfig::default(),
+                                liveness_interval: Duration::from_secs(1),
+                                node_fence: false,
+                            },
+                        )
+                        .map_err(|e| e.to_string())?;
                     Ok::<_, String>((actix::System::current(), control_plane))
                 });
                 let ok = started.is_ok();

@@ -15,7 +15,7 @@ use integration::controlplane::{ControlPlaneNode, NodeOptions};
 use integration::poll::wait_for;
 use integration::rbac;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -570,6 +570,8 @@ fn rbac_scenario(election: ElectionMode) -> std::collections::BTreeSet<(String, 
             let mut o = NodeOptions::new(n, FAST);
             o.gc_interval = Duration::from_secs(1);
             o.election = election;
+            // Pod announcements watch this node's pods.
+            o.pod_interface = Some("eth0".into());
             ControlPlaneNode::start(&cluster.url(), o).expect("node")
         })
         .collect();
@@ -652,6 +654,102 @@ fn rbac_grants_exactly_what_the_agent_uses() {
         not_used.is_empty(),
         "grants the agent never used (remove them): {not_used:?}"
     );
+}
+
+/// Creates pod `name` on `node` with `ips` in its status (phase Running).
+fn pod(cluster: &Cluster, name: &str, node: &str, host_network: bool, ips: &[&str]) {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let obj: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"nodeName": node, "hostNetwork": host_network, "containers": [{"name": "c"}]},
+    }))
+    .expect("pod");
+    cluster
+        .rt
+        .block_on(pods.create(&PostParams::default(), &obj))
+        .expect("create pod");
+    pod_ips(cluster, name, ips);
+}
+
+fn pod_ips(cluster: &Cluster, name: &str, ips: &[&str]) {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let status = json!({"status": {
+        "phase": "Running",
+        "podIPs": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
+    }});
+    cluster
+        .rt
+        .block_on(pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)))
+        .expect("pod status");
+}
+
+/// The addresses a node sent gratuitous announcements for, with the MAC.
+fn gratuitous(node: &ControlPlaneNode) -> BTreeSet<(std::net::IpAddr, [u8; 6])> {
+    node.datapath
+        .state()
+        .gratuitous
+        .iter()
+        .map(|(_, ip, _, mac)| (*ip, *mac))
+        .collect()
+}
+
+#[test]
+fn pod_addresses_are_announced_by_their_node_only() {
+    let cluster = Cluster::start();
+    cluster.node("node-a", json!({}));
+    cluster.node("node-b", json!({}));
+    let nodes: Vec<ControlPlaneNode> = ["node-a", "node-b"]
+        .iter()
+        .map(|n| {
+            let mut o = NodeOptions::new(n, FAST);
+            o.pod_interface = Some("eth0".into());
+            ControlPlaneNode::start(&cluster.url(), o).expect("node")
+        })
+        .collect();
+    // eth0 is ifindex 2 in the modelled datapath, MAC 02:00:00:00:00:02.
+    let mac = [2, 0, 0, 0, 0, 2];
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().expect("ip") };
+    pod(&cluster, "host-a", "node-a", true, &["192.0.2.52"]);
+    pod(&cluster, "web-b", "node-b", false, &["192.0.2.51"]);
+    pod(
+        &cluster,
+        "web-a",
+        "node-a",
+        false,
+        &["192.0.2.50", "2001:db8::50"],
+    );
+    wait_for("node-a announces web-a", Duration::from_secs(10), || {
+        let g = gratuitous(&nodes[0]);
+        (g.contains(&(ip("192.0.2.50"), mac)) && g.contains(&(ip("2001:db8::50"), mac)))
+            .then_some(())
+    })
+    .expect("web-a");
+    wait_for("node-b announces web-b", Duration::from_secs(10), || {
+        gratuitous(&nodes[1])
+            .contains(&(ip("192.0.2.51"), mac))
+            .then_some(())
+    })
+    .expect("web-b");
+    // web-a's new address, by node-a.
+    pod_ips(&cluster, "web-a", &["192.0.2.53"]);
+    wait_for(
+        "node-a announces the new address",
+        Duration::from_secs(10),
+        || {
+            gratuitous(&nodes[0])
+                .contains(&(ip("192.0.2.53"), mac))
+                .then_some(())
+        },
+    )
+    .expect("changed");
+    let a: BTreeSet<_> = gratuitous(&nodes[0]).into_iter().map(|(i, _)| i).collect();
+    let b: BTreeSet<_> = gratuitous(&nodes[1]).into_iter().map(|(i, _)| i).collect();
+    assert_eq!(
+        a,
+        [ip("192.0.2.50"), ip("2001:db8::50"), ip("192.0.2.53")].into(),
+        "node-a: its pod only, never the host-network one"
+    );
+    assert_eq!(b, [ip("192.0.2.51")].into(), "node-b: its pod only");
 }
 
 /// `kubectl describe service` output, through a kubeconfig for `cluster`.

@@ -328,6 +328,7 @@ fn daemonset_image_is_the_workspace_version() {
 ///
 /// * services, nodes, endpointslices — list/watch: the watchers behind
 ///   candidacy (Service IPs and labels, node labels, local endpoints).
+/// * pods — list/watch: L2 pod announcements, the pods of this node.
 /// * ciliuml2announcementpolicies — list/watch; its status — patch:
 ///   the policy actor's watch and its status conditions.
 /// * events (events.k8s.io) — create/patch: Events on Services.
@@ -337,6 +338,7 @@ const CLUSTER_ALLOWED: &[(&str, &str, &[&str])] = &[
     ("", "services", &["list", "watch"]),
     ("", "services/status", &["patch"]),
     ("", "nodes", &["list", "watch"]),
+    ("", "pods", &["list", "watch"]),
     ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
     (
         "cilium.io",

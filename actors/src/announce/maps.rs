@@ -97,6 +97,7 @@ pub trait GratuitousSender: Send {
 }
 
 /// The real sender: an AF_PACKET socket per frame (see [`bpf::garp`]).
+#[derive(Debug, Clone, Copy)]
 pub struct SocketSender;
 
 impl GratuitousSender for SocketSender {

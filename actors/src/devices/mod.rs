@@ -282,6 +282,19 @@ pub enum DeviceFilterError {
     Reserved { name: String },
     #[error("device name {name:?}: '+' is only allowed once, at the end, as a prefix wildcard")]
     MisplacedWildcard { name: String },
+    #[error("{name:?} is a wildcard; one interface name is expected")]
+    Wildcard { name: String },
+}
+
+/// Checks one interface name (no wildcard), as `--devices` checks its
+/// entries; the name.
+pub fn interface_name(name: &str) -> Result<String, DeviceFilterError> {
+    match parse_entry(name)? {
+        DeviceMatch::Exact(n) => Ok(n),
+        DeviceMatch::Prefix(_) => Err(DeviceFilterError::Wildcard {
+            name: name.to_string(),
+        }),
+    }
 }
 
 /// One `--devices` entry.

@@ -145,6 +145,10 @@ impl LabState {
                 // The LAN only: eth1 carries the API and metrics traffic.
                 "--devices",
                 "eth0",
+                // The addresses of each node's pods, on the LAN.
+                "--enable-l2-pod-announcements",
+                "--l2-pod-announcements-interface",
+                "eth0",
                 "--l2-announcements-lease-duration",
                 &go_duration(LEASE_DURATION),
                 "--l2-announcements-renew-deadline",
