@@ -40,7 +40,7 @@ use crate::lease::heartbeat::{HeartbeatActor, HeartbeatConfig};
 use crate::lease::{
     ElectionMode, LeaseActor, LeaseConfig, LeaseObserver, LeaseTiming, NoLeaseObserver,
 };
-use crate::messages::{ReleaseAll, SelectedDevices};
+use crate::messages::{Campaign, CandidaciesSynced, ReleaseAll, SelectedDevices, Withdraw};
 use crate::pods::{NoPodObserver, PodActor, PodConfig, PodObserver};
 use crate::policy::{NoPolicyObserver, PolicyActor, PolicyObserver};
 use crate::service::{
@@ -77,6 +77,24 @@ impl std::fmt::Display for RunId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Where the ServiceActor's decisions go, and where shutdown asks for the
+/// claims' release: the election actor of the mode in use.
+fn election_recipients<A>(addr: Addr<A>) -> (ElectionRecipients, Recipient<ReleaseAll>)
+where
+    A: Actor<Context = Context<A>>
+        + Handler<Campaign>
+        + Handler<Withdraw>
+        + Handler<CandidaciesSynced>
+        + Handler<ReleaseAll>,
+{
+    let recipients = ElectionRecipients {
+        campaign: addr.clone().recipient(),
+        withdraw: addr.clone().recipient(),
+        synced: addr.clone().recipient(),
+    };
+    (recipients, addr.recipient())
 }
 
 /// Where the node's devices come from.
@@ -344,14 +362,7 @@ impl ControlPlaneBuilder {
                     observers.lease.clone(),
                 )?
                 .start();
-                (
-                    ElectionRecipients {
-                        campaign: addr.clone().recipient(),
-                        withdraw: addr.clone().recipient(),
-                        synced: addr.clone().recipient(),
-                    },
-                    addr.recipient(),
-                )
+                election_recipients(addr)
             }
             ElectionMode::PerService | ElectionMode::ClientGo => {
                 let mut lease = lease;
@@ -365,14 +376,7 @@ impl ControlPlaneBuilder {
                     observers.lease.clone(),
                 )?
                 .start();
-                (
-                    ElectionRecipients {
-                        campaign: addr.clone().recipient(),
-                        withdraw: addr.clone().recipient(),
-                        synced: addr.clone().recipient(),
-                    },
-                    addr.recipient(),
-                )
+                election_recipients(addr)
             }
         };
         let service = ServiceActor::new(

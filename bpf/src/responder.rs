@@ -594,42 +594,30 @@ impl Responder {
             .try_into()
             .map_err(prog_err(TC_PROGRAM))?;
         let our_id = prog.info().map_err(prog_err(TC_PROGRAM))?.id();
-        if let Some(existing) = open_pinned(path)? {
-            if link_program_id(&existing) == Some(our_id) {
-                return Ok(true);
-            }
-            let replaced = SchedClassifierLink::try_from(existing)
-                .map_err(|e| e.to_string())
-                .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()))
-                .and_then(|id| prog.take_link(id).map_err(|e| e.to_string()));
-            match replaced {
-                // The pin stays; dropping our descriptor leaves the link attached.
-                Ok(link) => {
-                    drop(link);
-                    return Ok(true);
-                }
-                Err(message) => {
-                    tracing::warn!(path = %path.display(), %message, "pinned TC link unusable, replacing it");
-                    remove_file_if_exists(path)?;
-                }
-            }
-        }
-        let id = prog
-            .attach_with_options(
-                ifname,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(prog_err(TC_PROGRAM))?;
-        let link = prog.take_link(id).map_err(prog_err(TC_PROGRAM))?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| ResponderError::Link {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
-        pin_link(fd, path)?;
-        Ok(false)
+        attach_pinned(
+            prog,
+            path,
+            our_id,
+            AttachMode::Tc,
+            |prog, existing| {
+                let link = SchedClassifierLink::try_from(existing).map_err(|e| e.to_string())?;
+                let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+                prog.take_link(id).map(drop).map_err(|e| e.to_string())
+            },
+            |prog| {
+                let id = prog
+                    .attach_with_options(
+                        ifname,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(prog_err(TC_PROGRAM))?;
+                let link = prog.take_link(id).map_err(prog_err(TC_PROGRAM))?;
+                Ok(link
+                    .try_into()
+                    .map_err(|e: aya::programs::links::LinkError| e.to_string()))
+            },
+        )
     }
 
     fn attach_xdp(&mut self, ifname: &str, path: &Path) -> Result<bool, ResponderError> {
@@ -640,37 +628,28 @@ impl Responder {
             .try_into()
             .map_err(prog_err(XDP_PROGRAM))?;
         let our_id = prog.info().map_err(prog_err(XDP_PROGRAM))?.id();
-        if let Some(existing) = open_pinned(path)? {
-            if link_program_id(&existing) == Some(our_id) {
-                return Ok(true);
-            }
-            let replaced = XdpLink::try_from(existing)
-                .map_err(|e| e.to_string())
-                .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()))
-                .and_then(|id| prog.take_link(id).map_err(|e| e.to_string()));
-            match replaced {
-                Ok(link) => {
-                    drop(link);
-                    return Ok(true);
-                }
-                Err(message) => {
-                    tracing::warn!(path = %path.display(), %message, "pinned XDP link unusable, replacing it");
-                    remove_file_if_exists(path)?;
-                }
-            }
-        }
-        let id = prog
-            .attach(ifname, XdpMode::Default)
-            .map_err(prog_err(XDP_PROGRAM))?;
-        let link = prog.take_link(id).map_err(prog_err(XDP_PROGRAM))?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| ResponderError::Link {
-                path: path.to_owned(),
-                message: format!("XDP attached without a bpf_link (netlink fallback): {e}"),
-            })?;
-        pin_link(fd, path)?;
-        Ok(false)
+        attach_pinned(
+            prog,
+            path,
+            our_id,
+            AttachMode::Xdp,
+            |prog, existing| {
+                let link = XdpLink::try_from(existing).map_err(|e| e.to_string())?;
+                let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+                prog.take_link(id).map(drop).map_err(|e| e.to_string())
+            },
+            |prog| {
+                let id = prog
+                    .attach(ifname, XdpMode::Default)
+                    .map_err(prog_err(XDP_PROGRAM))?;
+                let link = prog.take_link(id).map_err(prog_err(XDP_PROGRAM))?;
+                Ok(link
+                    .try_into()
+                    .map_err(|e: aya::programs::links::LinkError| {
+                        format!("XDP attached without a bpf_link (netlink fallback): {e}")
+                    }))
+            },
+        )
     }
 
     /// Detaches the responder from `ifname` (both modes) and forgets its MAC.
@@ -845,6 +824,41 @@ fn parse_link_name(name: &str) -> Option<AttachedLink> {
             let ifindex = name.strip_prefix(mode.pin_prefix())?.parse().ok()?;
             Some(AttachedLink { ifindex, mode })
         })
+}
+
+/// Attaches `prog` through the link pinned at `path`: kept when it runs
+/// our program (`our_id`), given our program with `replace` when it runs
+/// another (an upgrade: no gap in answering), else removed and made anew
+/// with `attach` (its inner error: the link it made is no bpf_link) and
+/// pinned. Returns whether a pinned link was reused.
+fn attach_pinned<P>(
+    prog: &mut P,
+    path: &Path,
+    our_id: u32,
+    mode: AttachMode,
+    replace: impl FnOnce(&mut P, FdLink) -> Result<(), String>,
+    attach: impl FnOnce(&mut P) -> Result<Result<FdLink, String>, ResponderError>,
+) -> Result<bool, ResponderError> {
+    if let Some(existing) = open_pinned(path)? {
+        if link_program_id(&existing) == Some(our_id) {
+            return Ok(true);
+        }
+        // On success the pin stays; dropping our descriptor leaves the link
+        // attached.
+        match replace(prog, existing) {
+            Ok(()) => return Ok(true),
+            Err(message) => {
+                tracing::warn!(path = %path.display(), %mode, %message, "pinned link unusable, replacing it");
+                remove_file_if_exists(path)?;
+            }
+        }
+    }
+    let fd = attach(prog)?.map_err(|message| ResponderError::Link {
+        path: path.to_owned(),
+        message,
+    })?;
+    pin_link(fd, path)?;
+    Ok(false)
 }
 
 /// Opens a pinned link; a pin that cannot be opened is removed (it can only

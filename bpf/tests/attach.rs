@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aya::programs::links::{FdLink, PinnedLink};
 use bpf::{AttachMode, AttachedLink};
-use common::{Netns, PinDir};
+use common::{Netns, PinDir, agent_and_client};
 
 const IF_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
 const IF_MAC_TEXT: &str = "02:00:00:00:00:AA";
@@ -24,22 +24,7 @@ struct Lab {
 }
 
 fn lab() -> Lab {
-    let agent = Netns::new("l2a-bpf-agent");
-    let client = Netns::new("l2a-bpf-client");
-    agent.ip(&[
-        "link",
-        "add",
-        "veth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "veth1",
-        "netns",
-        &client.name,
-    ]);
-    agent.ip(&["link", "set", "veth0", "address", "02:00:00:00:00:aa", "up"]);
-    client.ip(&["link", "set", "veth1", "up"]);
+    let (agent, client) = agent_and_client("l2a-bpf-agent", "l2a-bpf-client");
     client.ip(&["addr", "add", "192.0.2.1/24", "dev", "veth1"]);
     client.ip(&["addr", "add", "2001:db8::1/64", "dev", "veth1", "nodad"]);
     // The agent side has no IP address at all: only the responder can answer.

@@ -23,13 +23,8 @@ use std::time::{Duration, Instant};
 
 use bpf::frame::{self, ArpPacket, NeighborSolicitation};
 use bpf::{AttachMode, Responder, ResponderConfig};
-use common::{PinDir, skb_ctx, try_test_run};
+use common::{PinDir, TC_ACT_REDIRECT, TC_ACT_UNSPEC, XDP_PASS, XDP_TX, skb_ctx, try_test_run};
 use model::{Mac, Verdict, World};
-
-const TC_ACT_UNSPEC: u32 = u32::MAX;
-const TC_ACT_REDIRECT: u32 = 7;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 
 const DEFAULT_CASES: u64 = 10_000;
 /// Mismatches reported before the test gives up.

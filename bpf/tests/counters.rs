@@ -10,9 +10,8 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bpf::{AttachMode, ResponderError};
-use common::{TestResponder, skb_ctx, test_run};
+use common::{TC_ACT_REDIRECT, TestResponder, skb_ctx, test_run};
 
-const TC_ACT_REDIRECT: u32 = 7;
 const IFINDEX: u32 = 42;
 const SLOT: u32 = 3;
 const OTHER_SLOT: u32 = 4;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Netns;
+use common::{Netns, agent_and_client};
 
 const NEW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
 
@@ -30,22 +30,7 @@ fn wait_for_mac(client: &Netns, ip: &str, mac: &str) -> bool {
 
 #[test]
 fn gratuitous_frames_update_the_peer_without_an_ip_on_the_sender() {
-    let agent = Netns::new("l2a-garp-agent");
-    let client = Netns::new("l2a-garp-client");
-    agent.ip(&[
-        "link",
-        "add",
-        "veth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "veth1",
-        "netns",
-        &client.name,
-    ]);
-    agent.ip(&["link", "set", "veth0", "address", "02:00:00:00:00:aa", "up"]);
-    client.ip(&["link", "set", "veth1", "up"]);
+    let (agent, client) = agent_and_client("l2a-garp-agent", "l2a-garp-client");
     client.ip(&["addr", "add", "192.0.2.1/24", "dev", "veth1"]);
     client.ip(&["addr", "add", "2001:db8::1/64", "dev", "veth1", "nodad"]);
     // The old announcer's MACs, as the client last learned them.
@@ -115,22 +100,7 @@ fn sending_on_a_missing_interface_fails_cleanly() {
 
 #[test]
 fn a_bound_packet_socket_receives_its_ethertype_from_the_peer_only() {
-    let agent = Netns::new("l2a-psock-agent");
-    let client = Netns::new("l2a-psock-client");
-    agent.ip(&[
-        "link",
-        "add",
-        "veth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "veth1",
-        "netns",
-        &client.name,
-    ]);
-    agent.ip(&["link", "set", "veth0", "address", "02:00:00:00:00:aa", "up"]);
-    client.ip(&["link", "set", "veth1", "address", "02:00:00:00:00:01", "up"]);
+    let (agent, client) = agent_and_client("l2a-psock-agent", "l2a-psock-client");
     let client_name = client.name.clone();
     agent.run(move || {
         use bpf::PacketSocket;

@@ -8,12 +8,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use bpf::frame::{ArpPacket, NeighborAdvertisement, NeighborSolicitation};
 use bpf::{AttachMode, monotonic_now_ns};
-use common::{TestResponder, skb_ctx, test_run};
-
-const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: hand on to the next program / the kernel
-const TC_ACT_REDIRECT: u32 = 7;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
+use common::{TC_ACT_REDIRECT, TC_ACT_UNSPEC, TestResponder, XDP_PASS, XDP_TX, skb_ctx, test_run};
 
 /// The ingress interface the TC tests claim (BPF_PROG_TEST_RUN honours
 /// `__sk_buff.ingress_ifindex`, which need not exist).

@@ -62,11 +62,7 @@ fn lab() -> Lab {
             "02:00:00:00:00:02",
         ),
     ] {
-        agent.ip(&[
-            "link", "add", ours, "type", "veth", "peer", "name", theirs, "netns", &ns.name,
-        ]);
-        agent.ip(&["link", "set", ours, "address", our_mac, "up"]);
-        ns.ip(&["link", "set", theirs, "address", their_mac, "up"]);
+        agent.veth_to(ours, our_mac, ns, theirs, their_mac);
     }
     Lab {
         agent,

@@ -17,3 +17,15 @@ pub mod probe;
 pub mod prom;
 pub mod rbac;
 pub mod resolvers;
+
+/// The logs of the lab and chaos binaries: to stderr, filtered by
+/// `RUST_LOG` (`warn` when unset or not understood).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}

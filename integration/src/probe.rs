@@ -15,7 +15,8 @@
 //!
 //! The frames are [`bpf::frame::ArpPacket`]s and the socket is
 //! [`bpf::PacketSocket`]: this module adds timing, tags and statistics. It
-//! is ARP over Ethernet only.
+//! is ARP over Ethernet only; its receive loop ([`recv_stamped`]) serves
+//! integration::ns_probe's NDP prober too.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -44,7 +45,7 @@ pub enum ProbeError {
     },
 }
 
-fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> ProbeError {
+pub(crate) fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> ProbeError {
     move |source| ProbeError::Io { op, source }
 }
 
@@ -75,16 +76,10 @@ impl ArpProber {
     /// sending as `ip` from the interface's MAC. It receives ARP frames
     /// arriving on the interface, not its own.
     pub fn open(ifname: &str, ip: Ipv4Addr) -> Result<ArpProber, ProbeError> {
-        let ifindex = bpf::if_nametoindex(ifname)
-            .ok_or_else(|| ProbeError::UnknownInterface(ifname.to_string()))?;
-        let socket =
-            PacketSocket::bind(ifindex, ETHERTYPE_ARP).map_err(io_err("bind(AF_PACKET)"))?;
+        let (socket, mac) = bind_interface(ifname, ETHERTYPE_ARP)?;
         socket
             .set_receive_buffer(RECEIVE_BUFFER)
             .map_err(io_err("setsockopt(SO_RCVBUFFORCE)"))?;
-        let mac = socket
-            .interface_mac()
-            .map_err(io_err("ioctl(SIOCGIFHWADDR)"))?;
         Ok(ArpProber { socket, mac, ip })
     }
 
@@ -118,37 +113,12 @@ impl ArpProber {
     /// Reads one queued ARP reply without waiting (other frames are
     /// skipped).
     fn try_recv(&self) -> Result<Option<ArpReply>, ProbeError> {
-        let mut buf = [0u8; 256];
-        loop {
-            let Some(n) = self
-                .socket
-                .try_recv(&mut buf)
-                .map_err(io_err("recv(AF_PACKET)"))?
-            else {
-                return Ok(None);
-            };
-            let at_ns = monotonic_ns();
-            match ArpPacket::parse(&buf[..n]) {
-                Some(packet) if packet.op == ARP_REPLY => {
-                    return Ok(Some(ArpReply { at_ns, packet }));
-                }
-                _ => continue,
-            }
-        }
+        try_recv_stamped(&self.socket, arp_reply)
     }
 
     /// The next ARP reply, sleeping in ppoll(2) up to `timeout`.
     pub fn recv_reply(&self, timeout: Duration) -> Result<Option<ArpReply>, ProbeError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(r) = self.try_recv()? {
-                return Ok(Some(r));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || !self.socket.wait_readable(left).map_err(io_err("ppoll"))? {
-                return self.try_recv();
-            }
-        }
+        recv_stamped(&self.socket, timeout, arp_reply)
     }
 
     /// The next ARP reply, spinning on a non-blocking read up to `timeout`
@@ -177,6 +147,68 @@ impl ArpProber {
         self.socket
             .drops()
             .map_err(io_err("getsockopt(PACKET_STATISTICS)"))
+    }
+}
+
+/// A socket bound to `ifname` of the calling thread's network namespace
+/// for `ethertype` frames arriving there, and the interface's MAC.
+pub(crate) fn bind_interface(
+    ifname: &str,
+    ethertype: u16,
+) -> Result<(PacketSocket, [u8; 6]), ProbeError> {
+    let ifindex = bpf::if_nametoindex(ifname)
+        .ok_or_else(|| ProbeError::UnknownInterface(ifname.to_string()))?;
+    let socket = PacketSocket::bind(ifindex, ethertype).map_err(io_err("bind(AF_PACKET)"))?;
+    let mac = socket
+        .interface_mac()
+        .map_err(io_err("ioctl(SIOCGIFHWADDR)"))?;
+    Ok((socket, mac))
+}
+
+fn arp_reply(frame: &[u8], at_ns: u64) -> Option<ArpReply> {
+    ArpPacket::parse(frame)
+        .filter(|p| p.op == ARP_REPLY)
+        .map(|packet| ArpReply { at_ns, packet })
+}
+
+/// Reads the frames queued on `socket` without waiting until `parse`
+/// accepts one, given the frame and the monotonic time it was read;
+/// `None` once nothing is queued.
+fn try_recv_stamped<T>(
+    socket: &PacketSocket,
+    parse: impl Fn(&[u8], u64) -> Option<T>,
+) -> Result<Option<T>, ProbeError> {
+    let mut buf = [0u8; 512];
+    loop {
+        let Some(n) = socket
+            .try_recv(&mut buf)
+            .map_err(io_err("recv(AF_PACKET)"))?
+        else {
+            return Ok(None);
+        };
+        let at_ns = monotonic_ns();
+        if let Some(r) = parse(&buf[..n], at_ns) {
+            return Ok(Some(r));
+        }
+    }
+}
+
+/// The next frame on `socket` that `parse` accepts (see
+/// [`try_recv_stamped`]), sleeping in ppoll(2) up to `timeout`.
+pub fn recv_stamped<T>(
+    socket: &PacketSocket,
+    timeout: Duration,
+    parse: impl Fn(&[u8], u64) -> Option<T>,
+) -> Result<Option<T>, ProbeError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(r) = try_recv_stamped(socket, &parse)? {
+            return Ok(Some(r));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || !socket.wait_readable(left).map_err(io_err("ppoll"))? {
+            return try_recv_stamped(socket, &parse);
+        }
     }
 }
 

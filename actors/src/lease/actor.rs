@@ -1,7 +1,8 @@
 //! LeaseActor: per-Service elections over Kubernetes Leases.
 //!
-//! One watch on the lease namespace feeds every election (no polling of
-//! leases); decisions come from [`super::election::Election`]; this actor
+//! One watch on the lease namespace, kept in a reflector store, feeds
+//! every election (client-go mode instead polls the leases it campaigns
+//! for); decisions come from [`super::election::Election`]; this actor
 //! only sends the create/update requests they call for, opens the claim's
 //! fence in the datapath on every successful renewal ([`Fences`]) and
 //! reports [`Leadership`] to the ServiceActor. Giving a claim up closes its
@@ -9,22 +10,23 @@
 //! It also keeps the `leases` table and deletes released leases nobody
 //! claims (once a minute).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, PostParams, Preconditions};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
 use super::election::{Decision, Election, LeaseRecord, LeaseTiming, lease_name};
 use crate::announce::Fences;
 use crate::k8s::client::ClientBudget;
+use crate::k8s::reflect::{is_listed, reflected};
 use crate::messages::{Campaign, CandidaciesSynced, Leadership, ReleaseAll, Withdraw};
 use crate::tables::{LEASES, LeaseRow};
 
@@ -91,6 +93,45 @@ struct Slot {
     created: Instant,
 }
 
+/// Where the actor learns what the Leases say.
+enum Seen {
+    /// A reflector store that the watch on the lease namespace feeds (the
+    /// writer until the watch starts).
+    Watched {
+        namespace: String,
+        store: Store<Lease>,
+        writer: Option<Writer<Lease>>,
+    },
+    /// client-go mode: the last answer of a GET, by lease name. Not a
+    /// store: it holds only the Leases this node campaigns for, each as
+    /// recent as its last poll, never a list the API server gave.
+    Polled(BTreeMap<String, (LeaseRecord, String)>),
+}
+
+impl Seen {
+    /// What is known of Lease `name` (record, resourceVersion).
+    fn get(&self, name: &str) -> Option<(LeaseRecord, String)> {
+        match self {
+            Seen::Watched {
+                namespace, store, ..
+            } => store
+                .get(&ObjectRef::new(name).within(namespace))
+                .map(|lease| record_of(&lease)),
+            Seen::Polled(polled) => polled.get(name).cloned(),
+        }
+    }
+
+    /// Whether a Lease not known is known to be absent: the watch has
+    /// delivered its initial list (always, when polling: absence is a GET
+    /// answer).
+    fn complete(&self) -> bool {
+        match self {
+            Seen::Watched { store, .. } => is_listed(store),
+            Seen::Polled(_) => true,
+        }
+    }
+}
+
 /// The actor. Build with [`LeaseActor::new`], then `start()`.
 pub struct LeaseActor {
     api: Api<Lease>,
@@ -100,10 +141,7 @@ pub struct LeaseActor {
     leases: statedb::Table<LeaseRow>,
     /// By lease name.
     slots: BTreeMap<String, Slot>,
-    /// Everything the watch showed, by lease name.
-    seen: BTreeMap<String, (LeaseRecord, String)>,
-    /// Whether the watch has delivered its initial list.
-    synced: bool,
+    seen: Seen,
     leadership: Recipient<Leadership>,
     fences: Fences,
     observer: std::sync::Arc<dyn LeaseObserver>,
@@ -120,7 +158,7 @@ pub struct LeaseActor {
     poll: bool,
     budget: Option<ClientBudget>,
     /// Leases with a poll (GET) in flight, client-go mode.
-    polling: std::collections::BTreeSet<String>,
+    polling: BTreeSet<String>,
     /// When each lease was last polled, client-go mode.
     polled_at: BTreeMap<String, Instant>,
 }
@@ -169,6 +207,16 @@ impl LeaseActor {
         fences: Fences,
         observer: std::sync::Arc<dyn LeaseObserver>,
     ) -> Result<Self, statedb::Error> {
+        let seen = if config.poll {
+            Seen::Polled(BTreeMap::new())
+        } else {
+            let (store, writer) = reflector::store();
+            Seen::Watched {
+                namespace: config.namespace.clone(),
+                store,
+                writer: Some(writer),
+            }
+        };
         Ok(LeaseActor {
             api: Api::namespaced(client, &config.namespace),
             me: config.me,
@@ -176,8 +224,7 @@ impl LeaseActor {
             leases: statedb::Table::open(&db, LEASES)?,
             db,
             slots: BTreeMap::new(),
-            seen: BTreeMap::new(),
-            synced: false,
+            seen,
             leadership,
             fences,
             observer,
@@ -188,7 +235,7 @@ impl LeaseActor {
             warned_at: 0,
             poll: config.poll,
             budget: config.budget,
-            polling: std::collections::BTreeSet::new(),
+            polling: BTreeSet::new(),
             polled_at: BTreeMap::new(),
         })
     }
@@ -197,13 +244,24 @@ impl LeaseActor {
         self.slots.values().filter(|s| s.leading).count()
     }
 
-    /// Feeds what the watch shows of `name` to its election, if any.
+    /// Feeds what the watch (or the poll) shows of `name` to its election,
+    /// if any.
     fn observe(&mut self, name: &str, now: Instant) {
+        if self.slots.contains_key(name) {
+            let seen = self.seen.get(name);
+            self.observe_as(name, seen, now);
+        }
+    }
+
+    /// Feeds `seen` (record, resourceVersion) of `name` to its election and
+    /// the `leases` table.
+    fn observe_as(&mut self, name: &str, seen: Option<(LeaseRecord, String)>, now: Instant) {
+        let complete = self.seen.complete();
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
         let mut foreign = false;
-        match self.seen.get(name) {
+        match &seen {
             Some((record, rv)) => {
                 foreign = record.holder != self.me && !record.holder.is_empty();
                 if foreign {
@@ -211,7 +269,7 @@ impl LeaseActor {
                 }
                 slot.election.observe(record.clone(), rv.clone(), now);
             }
-            None if self.synced => slot.election.observe_absent(now),
+            None if complete => slot.election.observe_absent(now),
             None => {}
         }
         if foreign {
@@ -220,12 +278,7 @@ impl LeaseActor {
         let Some(slot) = self.slots.get(name) else {
             return;
         };
-        let row = lease_row(
-            &slot.service,
-            name,
-            &self.me,
-            self.seen.get(name).map(|s| &s.0),
-        );
+        let row = lease_row(&slot.service, name, &self.me, seen.as_ref().map(|s| &s.0));
         self.write_row(row);
     }
 
@@ -319,6 +372,7 @@ impl LeaseActor {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let stamp = rfc3339_now();
+        let synced = self.seen.complete();
         if self.poll {
             self.poll_leases(ctx, now);
         }
@@ -351,7 +405,7 @@ impl LeaseActor {
             let Some(slot) = self.slots.get_mut(&name) else {
                 continue;
             };
-            if slot.in_flight || (!self.synced && slot.election.observed().is_none()) {
+            if slot.in_flight || (!synced && slot.election.observed().is_none()) {
                 continue;
             }
             let decision = slot.election.decide(now, &stamp);
@@ -444,20 +498,15 @@ impl LeaseActor {
                 move |result, act, _| {
                     act.polling.remove(&name);
                     let now = Instant::now();
-                    match result {
-                        Ok(Some(lease)) => {
-                            let rv = lease.metadata.resource_version.clone().unwrap_or_default();
-                            act.seen.insert(name.clone(), (from_lease(&lease), rv));
-                        }
-                        Ok(None) => {
-                            act.seen.remove(&name);
-                        }
+                    let seen = match result {
+                        Ok(lease) => lease.as_ref().map(record_of),
                         Err(e) => {
                             debug!(lease = %name, error = %e, "polling lease");
                             return;
                         }
-                    }
-                    act.observe(&name, now);
+                    };
+                    act.remember_polled(&name, seen.clone());
+                    act.observe_as(&name, seen, now);
                 },
             ));
         }
@@ -477,7 +526,7 @@ impl LeaseActor {
             match resource_version {
                 None => api.create(&PostParams::default(), &lease).await,
                 Some(_) => {
-                    api.replace(&lease_name_of(&lease), &PostParams::default(), &lease)
+                    api.replace(&lease.name_any(), &PostParams::default(), &lease)
                         .await
                 }
             }
@@ -496,12 +545,10 @@ impl LeaseActor {
         slot.in_flight = false;
         match result {
             Ok(lease) => {
-                let record = from_lease(&lease);
-                let rv = lease.metadata.resource_version.clone().unwrap_or_default();
+                let (record, rv) = record_of(&lease);
                 let ours = record.holder == me;
-                self.seen
-                    .insert(name.to_string(), (record.clone(), rv.clone()));
-                slot.election.succeeded(record, rv, sent, now);
+                slot.election
+                    .succeeded(record.clone(), rv.clone(), sent, now);
                 let service = slot.service.clone();
                 self.observer.renew(&service, now - sent, true);
                 if ours {
@@ -510,7 +557,11 @@ impl LeaseActor {
                     }
                     self.set_leading(name, true, "acquired");
                 }
-                self.observe(name, now);
+                // The answer is newer than what the store holds until the
+                // watch brings this write.
+                let seen = Some((record, rv));
+                self.remember_polled(name, seen.clone());
+                self.observe_as(name, seen, now);
             }
             Err(e) => {
                 let service = slot.service.clone();
@@ -575,31 +626,46 @@ impl LeaseActor {
         );
     }
 
+    /// client-go mode: keeps what a GET or a write answered for `name`.
+    fn remember_polled(&mut self, name: &str, seen: Option<(LeaseRecord, String)>) {
+        if let Seen::Polled(polled) = &mut self.seen {
+            match seen {
+                Some(s) => polled.insert(name.to_string(), s),
+                None => polled.remove(name),
+            };
+        }
+    }
+
     /// Deletes leases of ours that have no holder and were not changed for
     /// a whole GC interval. The resourceVersion precondition keeps a lease
-    /// that someone claimed in the meantime.
+    /// that someone claimed in the meantime. Only the watch shows such
+    /// leases (client-go mode reads only the leases it campaigns for).
     fn collect_garbage(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        for (name, (record, rv)) in &self.seen {
+        let Seen::Watched { store, .. } = &self.seen else {
+            return;
+        };
+        for lease in store.state() {
+            let name = lease.name_any();
+            let (record, rv) = record_of(&lease);
             if !name.starts_with(LEASE_PREFIX) || !record.holder.is_empty() {
                 continue;
             }
-            if self.slots.contains_key(name) {
+            if self.slots.contains_key(&name) {
                 continue;
             }
             let unchanged_for = self
                 .changed_at
-                .get(name)
+                .get(&name)
                 .map(|t| now.saturating_duration_since(*t))
                 .unwrap_or_default();
             if unchanged_for < self.gc_interval {
                 continue;
             }
             let api = self.api.clone();
-            let name = name.clone();
             let dp = DeleteParams {
                 preconditions: Some(Preconditions {
-                    resource_version: Some(rv.clone()),
+                    resource_version: Some(rv),
                     uid: None,
                 }),
                 ..Default::default()
@@ -617,8 +683,10 @@ impl LeaseActor {
     }
 }
 
-fn lease_name_of(lease: &Lease) -> String {
-    lease.metadata.name.clone().unwrap_or_default()
+/// The election fields of a Lease and its resourceVersion.
+fn record_of(lease: &Lease) -> (LeaseRecord, String) {
+    let rv = lease.metadata.resource_version.clone().unwrap_or_default();
+    (from_lease(lease), rv)
 }
 
 fn rfc3339_now() -> String {
@@ -685,17 +753,17 @@ impl Actor for LeaseActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.poll {
-            self.synced = true;
-        } else {
-            let stream = watcher(self.api.clone(), watcher::Config::default()).default_backoff();
-            ctx.add_stream(stream);
+        if let Seen::Watched { writer, .. } = &mut self.seen
+            && let Some(writer) = writer.take()
+        {
+            ctx.add_stream(reflected(self.api.clone(), writer));
         }
         ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
         ctx.run_interval(self.gc_interval, |act, ctx| act.collect_garbage(ctx));
     }
 }
 
+/// Watch events, each already applied to the store.
 impl StreamHandler<Result<watcher::Event<Lease>, watcher::Error>> for LeaseActor {
     fn handle(
         &mut self,
@@ -712,23 +780,26 @@ impl StreamHandler<Result<watcher::Event<Lease>, watcher::Error>> for LeaseActor
         };
         match event {
             watcher::Event::Init => {}
-            watcher::Event::InitApply(lease) | watcher::Event::Apply(lease) => {
-                let name = lease_name_of(&lease);
-                let rv = lease.metadata.resource_version.clone().unwrap_or_default();
-                self.seen.insert(name.clone(), (from_lease(&lease), rv));
+            // The store takes a (re)list in whole at InitDone.
+            watcher::Event::InitApply(lease) => {
+                self.changed_at.insert(lease.name_any(), now);
+            }
+            watcher::Event::Apply(lease) => {
+                let name = lease.name_any();
                 self.changed_at.insert(name.clone(), now);
-                if self.synced {
-                    self.observe(&name, now);
-                }
+                self.observe(&name, now);
             }
             watcher::Event::Delete(lease) => {
-                let name = lease_name_of(&lease);
-                self.seen.remove(&name);
+                let name = lease.name_any();
                 self.changed_at.remove(&name);
                 self.observe(&name, now);
             }
             watcher::Event::InitDone => {
-                self.synced = true;
+                let Seen::Watched { store, .. } = &self.seen else {
+                    return;
+                };
+                let listed: BTreeSet<String> = store.state().iter().map(|l| l.name_any()).collect();
+                self.changed_at.retain(|name, _| listed.contains(name));
                 for name in self.slots.keys().cloned().collect::<Vec<_>>() {
                     self.observe(&name, now);
                 }

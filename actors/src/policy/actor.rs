@@ -2,19 +2,20 @@
 //! writes their status conditions (as Cilium: a condition is set True with
 //! the error, and turned False with an empty message once fixed; one that
 //! never existed is not created for a valid part), and sends every policy's
-//! state to the ServiceActor.
-
-use std::collections::BTreeMap;
+//! state to the ServiceActor. The watched policies live in a reflector
+//! store; the states are sent once the store holds the initial list, then
+//! on every change.
 
 use actix::prelude::*;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
+use crate::k8s::reflect::{is_listed, reflected};
 use crate::messages::{PolicyState, PolicyStates};
 use crate::policy::{
     CONDITION_TYPES, CiliumL2AnnouncementPolicy, CiliumL2AnnouncementPolicyStatus, PolicyProblems,
@@ -35,8 +36,9 @@ impl PolicyObserver for NoPolicyObserver {}
 
 pub struct PolicyActor {
     api: Api<CiliumL2AnnouncementPolicy>,
-    policies: BTreeMap<String, CiliumL2AnnouncementPolicy>,
-    synced: bool,
+    policies: Store<CiliumL2AnnouncementPolicy>,
+    /// Until the watch starts: it feeds `policies`.
+    writer: Option<Writer<CiliumL2AnnouncementPolicy>>,
     out: Recipient<PolicyStates>,
     observer: std::sync::Arc<dyn PolicyObserver>,
 }
@@ -47,19 +49,26 @@ impl PolicyActor {
         out: Recipient<PolicyStates>,
         observer: std::sync::Arc<dyn PolicyObserver>,
     ) -> Self {
+        let (policies, writer) = reflector::store();
         PolicyActor {
             api: Api::all(client),
-            policies: BTreeMap::new(),
-            synced: false,
+            policies,
+            writer: Some(writer),
             out,
             observer,
         }
     }
 
+    /// Sends the state of every policy in the store, by name, once the
+    /// store holds the initial list.
     fn publish(&self) {
-        let states: Vec<PolicyState> = self
-            .policies
-            .values()
+        if !is_listed(&self.policies) {
+            return;
+        }
+        let mut policies = self.policies.state();
+        policies.sort_by_key(|p| p.name_any());
+        let states: Vec<PolicyState> = policies
+            .iter()
             .map(|p| {
                 let name = p.name_any();
                 let interfaces = p.spec.interfaces.clone().unwrap_or_default();
@@ -177,11 +186,14 @@ impl Actor for PolicyActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let stream = watcher(self.api.clone(), watcher::Config::default()).default_backoff();
-        ctx.add_stream(stream);
+        let Some(writer) = self.writer.take() else {
+            return;
+        };
+        ctx.add_stream(reflected(self.api.clone(), writer));
     }
 }
 
+/// Watch events, each already applied to the store.
 impl StreamHandler<Result<watcher::Event<CiliumL2AnnouncementPolicy>, watcher::Error>>
     for PolicyActor
 {
@@ -193,21 +205,10 @@ impl StreamHandler<Result<watcher::Event<CiliumL2AnnouncementPolicy>, watcher::E
         match event {
             Err(e) => warn!(error = %e, "policy watch failed; retrying with backoff"),
             Ok(watcher::Event::Init) => {}
-            Ok(watcher::Event::InitApply(p)) => {
-                self.write_status(ctx, &p);
-                self.policies.insert(p.name_any(), p);
-            }
-            Ok(watcher::Event::InitDone) => {
-                self.synced = true;
-                self.publish();
-            }
+            Ok(watcher::Event::InitApply(p)) => self.write_status(ctx, &p),
+            Ok(watcher::Event::InitDone | watcher::Event::Delete(_)) => self.publish(),
             Ok(watcher::Event::Apply(p)) => {
                 self.write_status(ctx, &p);
-                self.policies.insert(p.name_any(), p);
-                self.publish();
-            }
-            Ok(watcher::Event::Delete(p)) => {
-                self.policies.remove(&p.name_any());
                 self.publish();
             }
         }

@@ -10,6 +10,13 @@ use std::time::Duration;
 
 use bpf::{Responder, ResponderConfig};
 
+// Program verdicts as BPF_PROG_TEST_RUN returns them.
+/// TC -1: hand on to the next program / the kernel.
+pub const TC_ACT_UNSPEC: u32 = u32::MAX;
+pub const TC_ACT_REDIRECT: u32 = 7;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this process and call: `<prefix>-<pid>-<n>`.
@@ -160,6 +167,22 @@ pub fn skb_ctx(ingress_ifindex: u32) -> [u8; 192] {
     ctx
 }
 
+/// Two namespaces, `agent` and `client`, joined by a veth pair: `veth0`
+/// (02:00:00:00:00:aa) in the agent, `veth1` (02:00:00:00:00:01) in the
+/// client, both up, no addresses.
+pub fn agent_and_client(agent_prefix: &str, client_prefix: &str) -> (Netns, Netns) {
+    let agent = Netns::new(agent_prefix);
+    let client = Netns::new(client_prefix);
+    agent.veth_to(
+        "veth0",
+        "02:00:00:00:00:aa",
+        &client,
+        "veth1",
+        "02:00:00:00:00:01",
+    );
+    (agent, client)
+}
+
 /// A network namespace created for a test (`ip netns add`), deleted on drop.
 pub struct Netns {
     pub name: String,
@@ -186,6 +209,16 @@ impl Netns {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);
         ip(&all);
+    }
+
+    /// A veth pair from this namespace (`ours`, MAC `our_mac`) to `peer`
+    /// (`theirs`, MAC `their_mac`), both ends up.
+    pub fn veth_to(&self, ours: &str, our_mac: &str, peer: &Netns, theirs: &str, their_mac: &str) {
+        self.ip(&[
+            "link", "add", ours, "type", "veth", "peer", "name", theirs, "netns", &peer.name,
+        ]);
+        self.ip(&["link", "set", ours, "address", our_mac, "up"]);
+        peer.ip(&["link", "set", theirs, "address", their_mac, "up"]);
     }
 
     /// Runs a command inside the namespace; returns (success, stdout).

@@ -237,9 +237,7 @@ impl Store {
             writer: Arc::from(""),
         };
         for r in builtins() {
-            store
-                .resources
-                .insert((r.group.clone(), r.plural.clone()), r);
+            store.resources.insert(Self::res_key(&r), r);
         }
         let ns = store.resource("", "namespaces");
         if let Some(ns) = ns {
@@ -378,6 +376,23 @@ impl Store {
         obj
     }
 
+    /// The key of resource `res` in the store.
+    fn res_key(res: &ResourceInfo) -> ResKey {
+        (res.group.clone(), res.plural.clone())
+    }
+
+    /// The key of object `name` in `ns` (ignored for a cluster-scoped
+    /// resource).
+    fn obj_key(res: &ResourceInfo, ns: &str, name: &str) -> ObjKey {
+        let ns = if res.namespaced { ns } else { "" };
+        (ns.to_string(), name.to_string())
+    }
+
+    /// The stored object `key` of resource `res_key`.
+    fn stored(&self, res_key: &ResKey, key: &ObjKey) -> Option<Arc<Value>> {
+        self.objects.get(res_key).and_then(|m| m.get(key)).cloned()
+    }
+
     fn subject<'a>(res: &'a ResourceInfo, name: &'a str) -> Subject<'a> {
         Subject {
             group: &res.group,
@@ -387,10 +402,7 @@ impl Store {
     }
 
     pub fn get(&self, res: &ResourceInfo, ns: &str, name: &str) -> Result<Arc<Value>, ApiStatus> {
-        self.objects
-            .get(&(res.group.clone(), res.plural.clone()))
-            .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
-            .cloned()
+        self.stored(&Self::res_key(res), &(ns.to_string(), name.to_string()))
             .ok_or_else(|| ApiStatus::not_found(Self::subject(res, name)))
     }
 
@@ -403,7 +415,7 @@ impl Store {
         ns: Option<&str>,
         at: Option<u64>,
     ) -> Result<(Vec<Listed>, u64), ApiStatus> {
-        let key = (res.group.clone(), res.plural.clone());
+        let key = Self::res_key(res);
         let mut state: BTreeMap<ObjKey, Arc<Value>> =
             self.objects.get(&key).cloned().unwrap_or_default();
         let mut list_rv = self.rv;
@@ -445,7 +457,7 @@ impl Store {
         ns: Option<&str>,
         from: Option<u64>,
     ) -> Result<WatchStart, ApiStatus> {
-        let key = (res.group.clone(), res.plural.clone());
+        let key = Self::res_key(res);
         let (tx, receiver) = mpsc::unbounded_channel();
         let mut initial = Vec::new();
         let mut backlog = Vec::new();
@@ -510,7 +522,8 @@ impl Store {
         }
     }
 
-    /// Decodes, prunes and validates an incoming object.
+    /// Decodes, prunes and validates an incoming object; the warnings name
+    /// the fields dropped as unknown (an error instead when `strict`).
     fn decode(
         &self,
         res: &ResourceInfo,
@@ -519,62 +532,34 @@ impl Store {
         strict: bool,
     ) -> Result<(Value, Vec<String>), ApiStatus> {
         let name = meta_str(&obj, "name").to_string();
-        if res.custom {
+        let version = version.rsplit('/').next().unwrap_or(version);
+        let (obj, unknown, errors) = if res.custom {
             let mut obj = obj;
-            let version = version.rsplit('/').next().unwrap_or(version);
             let Some(schema) = res.schema(version) else {
                 return Ok((obj, Vec::new()));
             };
             let outcome = check_custom(&mut obj, schema);
-            if strict && !outcome.pruned.is_empty() {
-                let msgs: Vec<String> = outcome
-                    .pruned
-                    .iter()
-                    .map(|p| format!("unknown field \"{p}\""))
-                    .collect();
-                return Err(ApiStatus::bad_request(format!(
-                    "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
-                    msgs.join(", "),
-                    kind = res.kind,
-                )));
-            }
-            if !outcome.errors.is_empty() {
-                return Err(ApiStatus::invalid(
-                    &res.kind,
-                    &res.group,
-                    &name,
-                    &outcome.errors,
-                ));
-            }
-            let warnings = outcome
-                .pruned
-                .iter()
-                .map(|p| format!("unknown field \"{p}\""))
-                .collect();
-            Ok((obj, warnings))
+            (obj, outcome.pruned, outcome.errors)
         } else {
-            let (out, dropped) =
+            let (obj, dropped) =
                 decode_builtin(&res.group, &res.plural, &obj).map_err(ApiStatus::bad_request)?;
-            if strict && !dropped.is_empty() {
-                let msgs: Vec<String> = dropped
-                    .iter()
-                    .map(|p| format!("unknown field \"{p}\""))
-                    .collect();
-                return Err(ApiStatus::bad_request(format!(
-                    "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
-                    msgs.join(", "),
-                    kind = res.kind,
-                    version = version.rsplit('/').next().unwrap_or(version),
-                )));
-            }
-            Ok((
-                out,
-                dropped
-                    .iter()
-                    .map(|p| format!("unknown field \"{p}\""))
-                    .collect(),
-            ))
+            (obj, dropped, Vec::new())
+        };
+        let warnings: Vec<String> = unknown
+            .iter()
+            .map(|p| format!("unknown field \"{p}\""))
+            .collect();
+        if strict && !warnings.is_empty() {
+            return Err(ApiStatus::bad_request(format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+                warnings.join(", "),
+                kind = res.kind,
+            )));
         }
+        if !errors.is_empty() {
+            return Err(ApiStatus::invalid(&res.kind, &res.group, &name, &errors));
+        }
+        Ok((obj, warnings))
     }
 
     fn validate_name(res: &ResourceInfo, name: &str) -> Result<(), ApiStatus> {
@@ -720,7 +705,7 @@ impl Store {
                 &errs,
             )
         })?;
-        let key = (info.group.clone(), info.plural.clone());
+        let key = Self::res_key(&info);
         match self.resources.get(&key) {
             Some(old) if !old.custom => {
                 return Err(ApiStatus::invalid(
@@ -800,15 +785,8 @@ impl Store {
                 }));
             }
         }
-        let key = (
-            if res.namespaced {
-                ns.to_string()
-            } else {
-                String::new()
-            },
-            name.clone(),
-        );
-        let res_key = (res.group.clone(), res.plural.clone());
+        let key = Self::obj_key(res, ns, &name);
+        let res_key = Self::res_key(res);
         if self
             .objects
             .get(&res_key)
@@ -876,20 +854,9 @@ impl Store {
         strict: bool,
         build: impl FnOnce(Option<&Value>) -> Result<Value, ApiStatus>,
     ) -> Result<WriteOutcome, ApiStatus> {
-        let res_key = (res.group.clone(), res.plural.clone());
-        let key = (
-            if res.namespaced {
-                ns.to_string()
-            } else {
-                String::new()
-            },
-            name.to_string(),
-        );
-        let old = self
-            .objects
-            .get(&res_key)
-            .and_then(|m| m.get(&key))
-            .cloned();
+        let res_key = Self::res_key(res);
+        let key = Self::obj_key(res, ns, name);
+        let old = self.stored(&res_key, &key);
         let new = build(old.as_deref())?;
         if !new.is_object() {
             return Err(ApiStatus::bad_request(
@@ -1043,12 +1010,9 @@ impl Store {
         key: ObjKey,
         last: Option<Value>,
     ) -> Result<Value, ApiStatus> {
-        let res_key = (res.group.clone(), res.plural.clone());
+        let res_key = Self::res_key(res);
         let old = self
-            .objects
-            .get(&res_key)
-            .and_then(|m| m.get(&key))
-            .cloned()
+            .stored(&res_key, &key)
             .ok_or_else(|| ApiStatus::not_found(Self::subject(res, &key.1)))?;
         let last = last.unwrap_or_else(|| (*old).clone());
         let deleted = self.commit(&res_key, key.clone(), ChangeKind::Deleted, last, Some(old));
@@ -1064,7 +1028,7 @@ impl Store {
                 })
                 .collect();
             for (rk, k) in victims {
-                if let Some(prev) = self.objects.get(&rk).and_then(|m| m.get(&k)).cloned() {
+                if let Some(prev) = self.stored(&rk, &k) {
                     self.commit(&rk, k, ChangeKind::Deleted, (*prev).clone(), Some(prev));
                 }
             }
@@ -1086,7 +1050,7 @@ impl Store {
                     .map(|m| m.keys().cloned().collect())
                     .unwrap_or_default();
                 for k in keys {
-                    if let Some(prev) = self.objects.get(&rk).and_then(|m| m.get(&k)).cloned() {
+                    if let Some(prev) = self.stored(&rk, &k) {
                         self.commit(&rk, k, ChangeKind::Deleted, (*prev).clone(), Some(prev));
                     }
                 }
@@ -1107,20 +1071,10 @@ impl Store {
         pre_uid: Option<&str>,
         pre_rv: Option<&str>,
     ) -> Result<Value, ApiStatus> {
-        let res_key = (res.group.clone(), res.plural.clone());
-        let key = (
-            if res.namespaced {
-                ns.to_string()
-            } else {
-                String::new()
-            },
-            name.to_string(),
-        );
+        let res_key = Self::res_key(res);
+        let key = Self::obj_key(res, ns, name);
         let old = self
-            .objects
-            .get(&res_key)
-            .and_then(|m| m.get(&key))
-            .cloned()
+            .stored(&res_key, &key)
             .ok_or_else(|| ApiStatus::not_found(Self::subject(res, name)))?;
         let subject = Self::subject(res, name);
         if let Some(uid) = pre_uid.filter(|u| *u != meta_str(&old, "uid")) {

@@ -149,11 +149,7 @@ impl ProbeSession {
             }));
         }
         if !v6.is_empty() {
-            let ns = run_in(netns, || {
-                // The interface MAC, as the ARP prober reads it.
-                let mac = ArpProber::open("eth0", CLIENT_V4)?.mac();
-                NsProber::open("eth0", mac, CLIENT_V6)
-            })??;
+            let ns = run_in(netns, || NsProber::open("eth0", CLIENT_V6))??;
             let (l, s) = (logs.clone(), stop.clone());
             threads.push(std::thread::spawn(move || {
                 pace(
