@@ -446,10 +446,18 @@ impl<M: ResponderMaps> Datapath<M> {
     pub fn answerable(&self, ip: IpAddr, ifindex: u32, now_ns: u64) -> Option<MacAddr> {
         let e = self.entries.get(&(ip, ifindex))?;
         e.claim.as_ref()?;
+        // Both fences the program obeys: the entry's slot and the node
+        // fence (heartbeat mode; always open in per-service mode). A node
+        // that wakes from a freeze with its heartbeat lapsed announces
+        // nothing, even for a repeat that fell due while it slept.
         let open = self
             .maps
             .fence(e.slot)
-            .is_ok_and(|deadline| now_ns < deadline);
+            .is_ok_and(|deadline| now_ns < deadline)
+            && self
+                .maps
+                .node_fence()
+                .is_ok_and(|deadline| now_ns < deadline);
         if !open {
             return None;
         }

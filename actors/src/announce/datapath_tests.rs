@@ -53,6 +53,10 @@ fn a_new_entry_answers_only_under_its_open_claim() {
     assert!(mem.state().answers(a, 2, NOW));
     assert_eq!(dp.answerable(a, 2, NOW), Some([2, 0, 0, 0, 0, 1]));
     assert_eq!(dp.answerable(a, 2, LATER), None, "past the deadline");
+    // The node fence gates it too (a lapsed heartbeat).
+    mem.state().node_fence = NOW;
+    assert_eq!(dp.answerable(a, 2, NOW), None, "node fence closed");
+    mem.state().node_fence = u64::MAX;
     // A fence given before the row arrives applies to it at once.
     let b = ip("2001:db8::10");
     dp.apply_row(b, "default/web", false, &eth0())
