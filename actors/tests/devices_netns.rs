@@ -1,9 +1,10 @@
 //! The device tracker against a real kernel: each test creates its own
 //! network namespace, runs the tracker on a thread inside it, changes links
 //! and addresses with `ip`, and waits (with a deadline) for the rows to
-//! follow. Needs root and iproute2.
+//! follow. The carrier test runs the whole chain that tells the
+//! ServiceActor which devices are selected. Needs root and iproute2.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::Command;
@@ -13,8 +14,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ::actors::devices::{
-    DeviceActor, DeviceChange, DeviceFilter, DeviceRow, DeviceTracker, TrackerOptions,
+    DEVICES, DeviceActor, DeviceChange, DeviceFilter, DeviceRow, DeviceTableWriter,
+    DeviceTracker, TrackerOptions,
 };
+use ::actors::messages::SelectedDevices;
 use actix::prelude::*;
 
 /// How long a change may take to show up.
@@ -290,9 +293,16 @@ fn rows_follow_link_and_address_changes() {
     assert!(v0.mac().is_some_and(|m| m != [0; 6]), "{v0:?}");
     assert_eq!(v0.mtu, 1500);
 
+    // Up without its peer: no carrier, not selected.
     ns.ip("link set veth0 up");
+    t.wait_for("veth0 up without carrier", |tb| {
+        tb["veth0"].is_up() && tb["veth0"].oper_state == "lowerlayerdown"
+    });
+    assert!(!t.row("veth0").selected, "{:?}", t.row("veth0"));
+    ns.ip("link set veth1 up");
     t.wait_for("veth0 up and selected", |tb| tb["veth0"].selected);
     assert_eq!(t.row("veth0").flags, vec!["up", "broadcast", "multicast"]);
+    assert_eq!(t.row("veth0").oper_state, "up");
 
     ns.ip("addr add 192.0.2.10/24 dev veth0");
     ns.ip("addr add 2001:db8::10/64 dev veth0 nodad");
@@ -354,10 +364,9 @@ fn devices_filter_is_respected() {
     ns.ip("link add eth0 type veth peer name veth1");
     ns.ip("link set eth0 up");
     ns.ip("link set veth1 up");
-    t.wait_for("both up", |tb| {
-        tb.get("eth0").is_some_and(|r| r.is_up()) && tb.get("veth1").is_some_and(|r| r.is_up())
+    t.wait_for("both up, eth0 selected", |tb| {
+        tb.get("eth0").is_some_and(|r| r.selected) && tb.get("veth1").is_some_and(|r| r.is_up())
     });
-    assert!(t.row("eth0").selected);
     assert!(!t.row("veth1").selected, "filtered out by eth+");
 }
 
@@ -383,15 +392,18 @@ fn bridge_ports_are_not_selected_and_vlans_without_addresses_are() {
     // No IPv6 link-local either: the device has no address at all.
     ns.ip(&format!("link set {upper} addrgenmode none"));
     ns.ip(&format!("link set {upper} up"));
+    // The bridge has carrier once its port forwards; the upper device
+    // follows p1.
     t.wait_for("bridge, port and upper device up", |tb| {
         ["br0", "p0", upper]
             .iter()
             .all(|n| tb.get(*n).is_some_and(|r| r.is_up()))
             && tb["p0"].master_index.is_some()
+            && tb["br0"].selected
+            && tb[upper].selected
     });
     let br0 = t.row("br0").clone();
     assert_eq!(br0.kind, "bridge");
-    assert!(br0.selected);
     let p0 = t.row("p0");
     assert_eq!(p0.master_index, Some(br0.index));
     assert!(!p0.selected, "enslaved: {p0:?}");
@@ -470,6 +482,7 @@ fn device_actor_forwards_changes() {
     assert!(matches!(t.seen.first(), Some(DeviceChange::Resync(_))));
     ns.ip("link add eth0 type veth peer name veth1");
     ns.ip("link set eth0 up");
+    ns.ip("link set veth1 up");
     t.wait_for("eth0 selected", |tb| {
         tb.get("eth0").is_some_and(|r| r.selected)
     });
@@ -477,4 +490,146 @@ fn device_actor_forwards_changes() {
     t.wait_for("eth0 gone", |tb| {
         !tb.contains_key("eth0") && !tb.contains_key("veth1")
     });
+}
+
+/// What the `devices` table writer tells the ServiceActor, passed to the
+/// test thread.
+struct SelectedCollector(mpsc::Sender<BTreeSet<String>>);
+
+impl Actor for SelectedCollector {
+    type Context = Context<Self>;
+}
+
+impl Handler<SelectedDevices> for SelectedCollector {
+    type Result = ();
+    fn handle(&mut self, SelectedDevices(set): SelectedDevices, _ctx: &mut Context<Self>) {
+        let _ = self.0.send(set);
+    }
+}
+
+/// The agent's device chain (DeviceActor -> DeviceTableWriter -> the
+/// ServiceActor's `SelectedDevices`) on an actix system inside a namespace,
+/// writing the `devices` table of `db`; the selected sets it reports.
+struct SelectedFeed {
+    sets: mpsc::Receiver<BTreeSet<String>>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+    last: Option<BTreeSet<String>>,
+}
+
+impl SelectedFeed {
+    fn start(ns: &Netns, filter: DeviceFilter, db: statedb::Db) -> Self {
+        let path = format!("/run/netns/{}", ns.name);
+        let (tx, sets) = mpsc::channel();
+        let (stop, stop_rx) = mpsc::channel::<()>();
+        let thread = thread::spawn(move || {
+            let file = File::open(&path).expect("open netns");
+            // SAFETY: setns on a valid namespace fd; it only moves this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            actix::System::new().block_on(async move {
+                let collector = SelectedCollector(tx).start();
+                let writer = DeviceTableWriter::new(db, Some(collector.recipient()))
+                    .expect("devices table")
+                    .start();
+                let _devices =
+                    DeviceActor::new(filter, TrackerOptions::default(), writer.recipient())
+                        .start();
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                loop {
+                    tick.tick().await;
+                    if let Err(mpsc::TryRecvError::Disconnected) = stop_rx.try_recv() {
+                        return;
+                    }
+                }
+            });
+        });
+        SelectedFeed {
+            sets,
+            stop: Some(stop),
+            thread: Some(thread),
+            last: None,
+        }
+    }
+
+    /// Waits until the last reported set is `want`; how long it took.
+    fn wait_for(&mut self, what: &str, want: &[&str]) -> Duration {
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        let start = Instant::now();
+        while self.last.as_ref() != Some(&want) {
+            let left = DEADLINE.saturating_sub(start.elapsed());
+            match self.sets.recv_timeout(left) {
+                Ok(set) => self.last = Some(set),
+                Err(e) => panic!(
+                    "{what}: selected devices {:?}, not {want:?}, after {DEADLINE:?} ({e})",
+                    self.last
+                ),
+            }
+        }
+        start.elapsed()
+    }
+}
+
+impl Drop for SelectedFeed {
+    fn drop(&mut self) {
+        self.stop = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The row of `name` in the `devices` table of `db`.
+fn table_row(db: &statedb::Db, name: &str) -> DeviceRow {
+    let table = statedb::Table::open(db, DEVICES).expect("devices table");
+    table
+        .get(db, DEVICES.primary, name)
+        .expect("read devices")
+        .unwrap_or_else(|| panic!("no row {name}"))
+        .row
+}
+
+// Issue 12 §4: a device that loses carrier leaves the selection (and the
+// ServiceActor hears of it at once), and comes back with the carrier. The
+// far end of the veth sits in a namespace of its own, as the LAN bridge's
+// port does in the lab.
+#[test]
+fn carrier_loss_on_the_veth_peer_deselects_the_device_and_back() {
+    let node = Netns::new();
+    let lan = Netns::new();
+    node.ip(&format!(
+        "link add eth0 type veth peer name lan0 netns {}",
+        lan.name
+    ));
+    node.ip("link set eth0 up");
+    lan.ip("link set lan0 up");
+    let db = statedb::Db::open_temporary().expect("db");
+    let mut feed = SelectedFeed::start(&node, "eth0".parse().expect("filter"), db.clone());
+    feed.wait_for("eth0 selected", &["eth0"]);
+    let row = table_row(&db, "eth0");
+    assert!(row.selected && row.oper_state == "up", "{row:?}");
+
+    // The peer down: eth0 stays administratively up but has no carrier.
+    lan.ip("link set lan0 down");
+    let took = feed.wait_for("carrier lost", &[]);
+    println!("carrier loss reached SelectedDevices after {took:?}");
+    let row = table_row(&db, "eth0");
+    assert!(!row.selected, "{row:?}");
+    assert!(row.is_up(), "still administratively up: {row:?}");
+    assert_eq!(row.oper_state, "lowerlayerdown");
+
+    lan.ip("link set lan0 up");
+    let took = feed.wait_for("carrier back", &["eth0"]);
+    println!("carrier return reached SelectedDevices after {took:?}");
+    let row = table_row(&db, "eth0");
+    assert!(row.selected && row.oper_state == "up", "{row:?}");
+
+    // Administratively down and up again, the other way to lose the link.
+    node.ip("link set eth0 down");
+    let took = feed.wait_for("eth0 down", &[]);
+    println!("link down reached SelectedDevices after {took:?}");
+    let row = table_row(&db, "eth0");
+    assert!(!row.selected && !row.is_up(), "{row:?}");
+    node.ip("link set eth0 up");
+    feed.wait_for("eth0 up again", &["eth0"]);
 }
