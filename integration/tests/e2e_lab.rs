@@ -878,7 +878,10 @@ fn lan_fault_hands_the_claim_over(
     );
     // From the link's return on, the new holder alone answers, every probe.
     let after = lab::takeover(&probes, new_mac, t_back);
-    assert_eq!(after.new_mac, None, "{fault:?}: claim taken back: {after:?}");
+    assert_eq!(
+        after.new_mac, None,
+        "{fault:?}: claim taken back: {after:?}"
+    );
     assert_eq!(after.doubly_answered, 0, "{fault:?}: {after:?}");
     assert_eq!(after.unanswered, 0, "{fault:?}: {after:?}");
     assert_eq!(lab.holder(LB_SERVICE).expect("lease").as_deref(), Some(new));
@@ -893,7 +896,14 @@ fn lan_fault_hands_the_claim_over(
         .expect("capture")
         .into_iter()
         .filter(|a| vips.contains(&a.ip) && a.mac == old_mac && a.at_ns >= t_fault)
-        .map(|a| format!("{:?} {} at +{} ms", a.kind, a.ip, (a.at_ns - t_fault) / 1_000_000))
+        .map(|a| {
+            format!(
+                "{:?} {} at +{} ms",
+                a.kind,
+                a.ip,
+                (a.at_ns - t_fault) / 1_000_000
+            )
+        })
         .collect();
     assert!(foreign.is_empty(), "{fault:?}: {old} announced {foreign:?}");
     LanFaultRun {

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::{DeviceChange, DeviceFilter, DeviceRow, IFF_LOOPBACK, IFF_UP, flag_names};
+use super::{
+    DeviceChange, DeviceFilter, DeviceRow, IFF_LOOPBACK, IFF_LOWER_UP, IFF_UP, flag_names,
+};
 
 /// One link as netlink reports it (`RTM_NEWLINK`), reduced to what a row
 /// needs.
@@ -43,10 +45,12 @@ impl Link {
         }
     }
 
-    /// Up, with carrier ([`oper_state_carries`]), not loopback, a non-zero
-    /// 6-byte MAC, not enslaved, and matching the filter.
+    /// Up, with carrier (`IFF_LOWER_UP` and [`oper_state_carries`]), not
+    /// loopback, a non-zero 6-byte MAC, not enslaved, and matching the
+    /// filter.
     pub fn is_selected(&self, filter: &DeviceFilter) -> bool {
         self.flags & IFF_UP != 0
+            && self.flags & IFF_LOWER_UP != 0
             && oper_state_carries(&self.oper_state)
             && self.flags & IFF_LOOPBACK == 0
             && self.hw_addr.len() == 6
@@ -195,7 +199,7 @@ mod tests {
             kind: Some("veth".into()),
             mtu: 1500,
             hw_addr: vec![0x02, 0, 0, 0, 0, index as u8],
-            flags: IFF_UP | IFF_BROADCAST | IFF_MULTICAST,
+            flags: IFF_UP | IFF_LOWER_UP | IFF_BROADCAST | IFF_MULTICAST,
             master_index: None,
             oper_state: "up".into(),
         }
@@ -272,6 +276,11 @@ mod tests {
         let mut down = with("unknown");
         down.flags &= !IFF_UP;
         assert!(!down.is_selected(&all));
+        // Nor does an operational state the driver never updates make a
+        // device without carrier usable.
+        let mut no_carrier = with("unknown");
+        no_carrier.flags &= !IFF_LOWER_UP;
+        assert!(!no_carrier.is_selected(&all));
         // The row keeps the state it was decided on.
         let row = with("lowerlayerdown").to_row(vec![], &all);
         assert!(!row.selected && row.is_up() && row.oper_state == "lowerlayerdown");
@@ -282,6 +291,7 @@ mod tests {
         let mut s = DeviceState::new(DeviceFilter::all());
         s.resync(vec![link(1, "eth0")], vec![]);
         let mut lost = link(1, "eth0");
+        lost.flags &= !IFF_LOWER_UP;
         lost.oper_state = "lowerlayerdown".into();
         let ch = s.upsert_link(lost);
         assert!(

@@ -191,13 +191,7 @@ pub fn set_lan_link(s: &LabState, node: &str, up: bool) -> Result<(), LabError> 
 /// a switch port dies.
 pub fn set_lan_carrier(s: &LabState, node: &str, up: bool) -> Result<(), LabError> {
     let host_if = &s.node(node)?.host_if;
-    sh(&[
-        "ip",
-        "link",
-        "set",
-        host_if,
-        if up { "up" } else { "down" },
-    ])
+    sh(&["ip", "link", "set", host_if, if up { "up" } else { "down" }])
 }
 
 /// Deletes the namespaces and links of `s` (best effort).
