@@ -14,11 +14,18 @@ use std::time::{Duration, Instant};
 
 use ::actors::devices::{
     DeviceActor, DeviceChange, DeviceFilter, DeviceRow, DeviceTracker, TrackerOptions,
+    oper_state_carries,
 };
 use actix::prelude::*;
 
 /// How long a change may take to show up.
 const DEADLINE: Duration = Duration::from_secs(1);
+
+/// How long a carrier change may take: the kernel's link watch reports
+/// some of them (a bridge's; a veth's whose peer has the same ifindex in
+/// its own namespace) only a second after the previous link-watch run
+/// anywhere on the machine.
+const CARRIER_DEADLINE: Duration = Duration::from_secs(3);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -290,9 +297,16 @@ fn rows_follow_link_and_address_changes() {
     assert!(v0.mac().is_some_and(|m| m != [0; 6]), "{v0:?}");
     assert_eq!(v0.mtu, 1500);
 
+    // Up without its peer: no carrier, not selected.
     ns.ip("link set veth0 up");
+    t.wait_for("veth0 up without carrier", |tb| {
+        tb["veth0"].is_up() && tb["veth0"].oper_state == "lowerlayerdown"
+    });
+    assert!(!t.row("veth0").selected, "{:?}", t.row("veth0"));
+    ns.ip("link set veth1 up");
     t.wait_for("veth0 up and selected", |tb| tb["veth0"].selected);
     assert_eq!(t.row("veth0").flags, vec!["up", "broadcast", "multicast"]);
+    assert_eq!(t.row("veth0").oper_state, "up");
 
     ns.ip("addr add 192.0.2.10/24 dev veth0");
     ns.ip("addr add 2001:db8::10/64 dev veth0 nodad");
@@ -354,10 +368,9 @@ fn devices_filter_is_respected() {
     ns.ip("link add eth0 type veth peer name veth1");
     ns.ip("link set eth0 up");
     ns.ip("link set veth1 up");
-    t.wait_for("both up", |tb| {
-        tb.get("eth0").is_some_and(|r| r.is_up()) && tb.get("veth1").is_some_and(|r| r.is_up())
+    t.wait_for("both up, eth0 selected", |tb| {
+        tb.get("eth0").is_some_and(|r| r.selected) && tb.get("veth1").is_some_and(|r| r.is_up())
     });
-    assert!(t.row("eth0").selected);
     assert!(!t.row("veth1").selected, "filtered out by eth+");
 }
 
@@ -383,15 +396,18 @@ fn bridge_ports_are_not_selected_and_vlans_without_addresses_are() {
     // No IPv6 link-local either: the device has no address at all.
     ns.ip(&format!("link set {upper} addrgenmode none"));
     ns.ip(&format!("link set {upper} up"));
-    t.wait_for("bridge, port and upper device up", |tb| {
+    // The bridge has carrier once its port forwards; the upper device
+    // follows p1.
+    t.wait_for_within("bridge, port and upper device up", CARRIER_DEADLINE, |tb| {
         ["br0", "p0", upper]
             .iter()
             .all(|n| tb.get(*n).is_some_and(|r| r.is_up()))
             && tb["p0"].master_index.is_some()
+            && tb["br0"].selected
+            && tb[upper].selected
     });
     let br0 = t.row("br0").clone();
     assert_eq!(br0.kind, "bridge");
-    assert!(br0.selected);
     let p0 = t.row("p0");
     assert_eq!(p0.master_index, Some(br0.index));
     assert!(!p0.selected, "enslaved: {p0:?}");
@@ -470,6 +486,7 @@ fn device_actor_forwards_changes() {
     assert!(matches!(t.seen.first(), Some(DeviceChange::Resync(_))));
     ns.ip("link add eth0 type veth peer name veth1");
     ns.ip("link set eth0 up");
+    ns.ip("link set veth1 up");
     t.wait_for("eth0 selected", |tb| {
         tb.get("eth0").is_some_and(|r| r.selected)
     });
@@ -477,4 +494,45 @@ fn device_actor_forwards_changes() {
     t.wait_for("eth0 gone", |tb| {
         !tb.contains_key("eth0") && !tb.contains_key("veth1")
     });
+}
+
+// Issue 12 §4: a device that loses carrier leaves the selection and comes
+// back with the carrier. The far end of the veth sits in a namespace of its
+// own, as the LAN bridge's port does in the lab.
+#[test]
+fn carrier_loss_on_the_veth_peer_deselects_the_device_and_back() {
+    let node = Netns::new();
+    let lan = Netns::new();
+    let mut t = Tracked::start(&node, DeviceFilter::all(), TrackerOptions::default());
+    t.wait_for("initial resync", |tb| tb.contains_key("lo"));
+    node.ip(&format!(
+        "link add eth0 type veth peer name lan0 netns {}",
+        lan.name
+    ));
+    node.ip("link set eth0 up");
+    lan.ip("link set lan0 up");
+    t.wait_for_within("eth0 selected", CARRIER_DEADLINE, |tb| {
+        tb.get("eth0").is_some_and(|r| r.selected)
+    });
+    assert_eq!(t.row("eth0").oper_state, "up");
+
+    // The peer down: eth0 stays administratively up but has no carrier.
+    lan.ip("link set lan0 down");
+    let took = t.wait_for_within("carrier lost", CARRIER_DEADLINE, |tb| !tb["eth0"].selected);
+    println!("carrier loss deselected eth0 after {took:?}");
+    let row = t.row("eth0");
+    assert!(row.is_up(), "still administratively up: {row:?}");
+    assert!(!oper_state_carries(&row.oper_state), "{row:?}");
+
+    lan.ip("link set lan0 up");
+    t.wait_for_within("carrier back", CARRIER_DEADLINE, |tb| tb["eth0"].selected);
+    assert_eq!(t.row("eth0").oper_state, "up");
+
+    // Administratively down and up again, the other way to lose the link.
+    node.ip("link set eth0 down");
+    t.wait_for("eth0 down", |tb| {
+        !tb["eth0"].selected && !tb["eth0"].is_up()
+    });
+    node.ip("link set eth0 up");
+    t.wait_for_within("eth0 up again", CARRIER_DEADLINE, |tb| tb["eth0"].selected);
 }

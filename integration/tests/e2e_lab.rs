@@ -736,3 +736,219 @@ fn an_api_server_outage_stops_no_agent_and_one_holder_answers_after() {
     );
     lab.down();
 }
+
+/// How a LAN fault takes the holder off the LAN (issue 12 §4).
+#[derive(Debug, Clone, Copy)]
+enum LanFault {
+    /// `ip link set eth0 down` inside the holder's namespace.
+    LinkDown,
+    /// The bridge's end of the holder's `eth0` veth down: `eth0` stays up,
+    /// without carrier.
+    CarrierLoss,
+}
+
+impl LanFault {
+    fn set(self, lab: &Lab, node: &str, faulted: bool) {
+        match self {
+            LanFault::LinkDown => lab.set_lan_link(node, !faulted),
+            LanFault::CarrierLoss => lab.set_lan_carrier(node, !faulted),
+        }
+        .unwrap_or_else(|e| panic!("{self:?} on {node} ({faulted}): {e}"));
+    }
+}
+
+/// The `selected` cell of `eth0` in the node's `devices` table.
+fn eth0_selected(lab: &Lab, node: &str) -> Result<bool, lab::LabError> {
+    let table = lab.state.statedb(node, "devices")?;
+    table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.first() == Some(&"eth0"))
+        .and_then(|cells| cells.get(2).map(|c| *c == "true"))
+        .ok_or_else(|| lab::LabError::State(format!("no eth0 row on {node}:\n{table}")))
+}
+
+/// Whether the node's /metrics call it a candidate for the LoadBalancer
+/// Service.
+fn lb_candidate(lab: &Lab, node: &str) -> Result<bool, lab::LabError> {
+    let svc = format!("default/{LB_SERVICE}");
+    Ok(lab
+        .state
+        .metric(node, "l2announcer_service_candidate", &[("service", &svc)])?
+        == 1.0)
+}
+
+/// What one LAN fault on the holder of the LoadBalancer Service cost.
+struct LanFaultRun {
+    new_holder: String,
+    /// From the fault to the first ARP reply from the new holder's MAC.
+    takeover: Duration,
+    /// The longest run of unanswered probes around it.
+    outage: Duration,
+}
+
+/// Takes `old` (the holder of the LoadBalancer Service) off the LAN with
+/// `fault`, checks from the client (10 ms tagged ARP probes, tcpdump) that
+/// the other eligible node takes over within retry period + 1 s and that no
+/// probe is answered by two MACs; that `old`'s agent stays alive and
+/// connected (over eth1) and is no candidate while the fault lasts; and
+/// that once the link is back `old` is a candidate again without taking
+/// the claim back.
+fn lan_fault_hands_the_claim_over(
+    lab: &Lab,
+    capture: &lab::Capture,
+    old: &str,
+    fault: LanFault,
+) -> LanFaultRun {
+    // node-3 carries the control-plane label: the policy leaves it out.
+    let new = if old == "node-1" { "node-2" } else { "node-1" };
+    let (old_mac, new_mac) = (mac(lab, old), mac(lab, new));
+    let probe = lab.probe(LB_V4, Duration::from_millis(10)).expect("probe");
+    wait_answers(&probe, old_mac, 0, 10);
+    assert!(lb_candidate(lab, old).expect("metrics"), "{old} candidate");
+    assert!(eth0_selected(lab, old).expect("devices"), "{old}'s eth0");
+    let ok = [("code", "200")];
+    let requests = |n: &str| {
+        lab.state
+            .metric(n, "l2announcer_k8s_client_requests_total", &ok)
+            .expect("metrics")
+    };
+    let requests_before = requests(old);
+
+    let t_fault = monotonic_ns();
+    fault.set(lab, old, true);
+    wait_answers(&probe, new_mac, t_fault, 20);
+    // While the fault lasts: eth0 is not selected, so the node is no
+    // candidate; its agent lives and talks to the API server over eth1
+    // (the release at least, and heartbeat renewals in node-heartbeat
+    // mode).
+    let no_candidate = wait_until::<_, lab::LabError>(
+        "the faulted node to leave the candidates",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            let out = !eth0_selected(lab, old)? && !lb_candidate(lab, old)?;
+            Ok(out.then_some(()))
+        },
+    );
+    no_candidate.unwrap_or_else(|e| panic!("{fault:?}: {e}\n{}", lab.state.log_tails(30)));
+    wait_until::<_, lab::LabError>(
+        "API requests of the faulted node",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || Ok((requests(old) > requests_before).then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("{fault:?}: {old} made no API request: {e}"));
+    lab.check_agents().expect("every agent alive");
+    assert_eq!(
+        lab.wait_holder(LB_SERVICE, Some(old), Duration::from_secs(10))
+            .expect("lease"),
+        new,
+        "the Lease names the new holder"
+    );
+
+    let t_back = monotonic_ns();
+    fault.set(lab, old, false);
+    wait_until::<_, lab::LabError>(
+        "the node to be a candidate again",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || Ok((eth0_selected(lab, old)? && lb_candidate(lab, old)?).then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("{fault:?}: {e}\n{}", lab.state.log_tails(30)));
+    // Watch a lease duration and a second past the link's return: the
+    // claim stays where it is.
+    let settle = monotonic_ns() + (LEASE_DURATION + Duration::from_secs(1)).as_nanos() as u64;
+    wait_answers(&probe, new_mac, settle, 20);
+    let probes = probe.stop(Duration::from_millis(100)).expect("stop");
+    lab.check_agents().expect("every agent alive");
+
+    let t = lab::takeover(&probes, old_mac, t_fault);
+    assert_eq!(t.new_mac, Some(new_mac), "{fault:?}: {t:?}");
+    assert_eq!(t.doubly_answered, 0, "{fault:?}: two MACs answered: {t:?}");
+    let first_new = t.first_new_ns.expect("the new MAC answered");
+    if let Some(last_old) = t.last_old_ns {
+        assert!(last_old < first_new, "{fault:?}: old MAC after the new one");
+    }
+    let takeover = Duration::from_nanos(first_new - t_fault);
+    assert!(
+        takeover <= RETRY_PERIOD + Duration::from_secs(1),
+        "{fault:?}: takeover took {takeover:?}\n{}",
+        lab.state.log_tails(30)
+    );
+    // From the link's return on, the new holder alone answers, every probe.
+    let after = lab::takeover(&probes, new_mac, t_back);
+    assert_eq!(
+        after.new_mac, None,
+        "{fault:?}: claim taken back: {after:?}"
+    );
+    assert_eq!(after.doubly_answered, 0, "{fault:?}: {after:?}");
+    assert_eq!(after.unanswered, 0, "{fault:?}: {after:?}");
+    assert_eq!(lab.holder(LB_SERVICE).expect("lease").as_deref(), Some(new));
+    // The new holder announced itself; the faulted node announced nothing
+    // from the fault on, also not once its link was back.
+    capture
+        .wait_announced(LB_V4, LB_V6, new_mac, t_fault, Duration::from_secs(5))
+        .expect("announcements from the new holder");
+    let vips: [std::net::IpAddr; 4] = [LB_V4.into(), LB_V6.into(), EXT_V4.into(), EXT_V6.into()];
+    let foreign: Vec<String> = capture
+        .announcements()
+        .expect("capture")
+        .into_iter()
+        .filter(|a| vips.contains(&a.ip) && a.mac == old_mac && a.at_ns >= t_fault)
+        .map(|a| {
+            format!(
+                "{:?} {} at +{} ms",
+                a.kind,
+                a.ip,
+                (a.at_ns - t_fault) / 1_000_000
+            )
+        })
+        .collect();
+    assert!(foreign.is_empty(), "{fault:?}: {old} announced {foreign:?}");
+    LanFaultRun {
+        new_holder: new.to_string(),
+        takeover,
+        outage: Duration::from_nanos(t.outage_ns),
+    }
+}
+
+/// Issue 12 §4 in one lab: the holder's `eth0` set down, then the carrier
+/// of the node that took over taken away (which the first node, eligible
+/// again, must pick up).
+fn lan_faults_hand_claims_over(election: &str) {
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::up(&LabConfig {
+        election: Some(election.into()),
+        ..LabConfig::unique(agent_bin())
+    })
+    .expect("lab up");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = lab
+        .capture(&dir.path().join("client.pcap"))
+        .expect("tcpdump");
+    let first = holder(&lab, LB_SERVICE, None);
+    let down = lan_fault_hands_the_claim_over(&lab, &capture, &first, LanFault::LinkDown);
+    let carrier =
+        lan_fault_hands_the_claim_over(&lab, &capture, &down.new_holder, LanFault::CarrierLoss);
+    assert_eq!(carrier.new_holder, first);
+    for (what, run) in [("eth0 down", &down), ("carrier loss", &carrier)] {
+        eprintln!(
+            "{election}: {what}: takeover {} ms (fault to first reply from the new MAC), longest gap {} ms",
+            run.takeover.as_millis(),
+            run.outage.as_millis()
+        );
+    }
+    drop(capture);
+    lab.down();
+}
+
+#[test]
+fn lan_link_down_and_carrier_loss_hand_the_claim_over() {
+    lan_faults_hand_claims_over("node-heartbeat");
+}
+
+#[test]
+fn lan_link_down_and_carrier_loss_hand_the_claim_over_per_service() {
+    lan_faults_hand_claims_over("per-service");
+}

@@ -14,7 +14,11 @@
 //! loopback, has a non-zero 6-byte MAC, is not enslaved to a bridge or bond
 //! (no `IFLA_MASTER`), and — when `--devices` is set — its name matches the
 //! filter. Addresses are not required: a VLAN or bond without an IP is still
-//! usable for announcements.
+//! usable for announcements. Beyond Cilium, it must also carry frames: it
+//! has carrier (`IFF_LOWER_UP`) and its operational state is `up` or
+//! `unknown` ([`oper_state_carries`]), so a device that loses carrier (or
+//! whose lower device goes down) leaves the selection, and a node whose
+//! announcing devices all left it stops being a candidate for their claims.
 
 mod actor;
 mod state;
@@ -30,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use statedb::ToKey;
 
 pub use actor::DeviceActor;
-pub use state::{DeviceState, Link};
+pub use state::{DeviceState, Link, oper_state_carries};
 pub use table::DeviceTableWriter;
 pub use tracker::{DeviceError, DeviceTracker, TrackerOptions};
 
@@ -44,6 +48,9 @@ pub const IFF_LOOPBACK: u32 = 1 << 3;
 pub const IFF_POINTOPOINT: u32 = 1 << 4;
 /// `IFF_MULTICAST`.
 pub const IFF_MULTICAST: u32 = 1 << 12;
+/// `IFF_LOWER_UP`: the driver reports carrier (netlink sets it only on a
+/// device that is up).
+pub const IFF_LOWER_UP: u32 = 1 << 16;
 
 /// The flags the table prints, in the order and spelling of Go's
 /// `net.Flags` as `cilium-dbg statedb devices` shows them (it does not show

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::{DeviceChange, DeviceFilter, DeviceRow, IFF_LOOPBACK, IFF_UP, flag_names};
+use super::{
+    DeviceChange, DeviceFilter, DeviceRow, IFF_LOOPBACK, IFF_LOWER_UP, IFF_UP, flag_names,
+};
 
 /// One link as netlink reports it (`RTM_NEWLINK`), reduced to what a row
 /// needs.
@@ -43,16 +45,32 @@ impl Link {
         }
     }
 
-    /// Up, not loopback, a non-zero 6-byte MAC, not enslaved, and matching
-    /// the filter.
+    /// Up, with carrier (`IFF_LOWER_UP` and [`oper_state_carries`]), not
+    /// loopback, a non-zero 6-byte MAC, not enslaved, and matching the
+    /// filter.
     pub fn is_selected(&self, filter: &DeviceFilter) -> bool {
         self.flags & IFF_UP != 0
+            && self.flags & IFF_LOWER_UP != 0
+            && oper_state_carries(&self.oper_state)
             && self.flags & IFF_LOOPBACK == 0
             && self.hw_addr.len() == 6
             && self.hw_addr.iter().any(|b| *b != 0)
             && self.master_index.is_none()
             && filter.matches(&self.name)
     }
+}
+
+/// Whether a device in this RFC 2863 operational state (lower case, as
+/// [`Link::oper_state`]) can carry frames: `up`, and `unknown`, which
+/// drivers without carrier reporting leave (tun/tap, dummy, some virtual
+/// and older NICs) and which the tracker assumes when netlink sends no
+/// `IFLA_OPERSTATE`. The same two states the kernel's `netif_oper_up()`
+/// accepts, which also sets `IFF_RUNNING`. Every other state — `down` (no
+/// carrier), `lowerlayerdown` (e.g. a veth whose peer is down, a VLAN on a
+/// downed parent), `dormant` (e.g. waiting for 802.1X), `testing`,
+/// `notpresent`, or a value newer than this code — cannot.
+pub fn oper_state_carries(oper_state: &str) -> bool {
+    matches!(oper_state, "up" | "unknown")
 }
 
 /// Links and addresses by ifindex, and the rows last emitted for them.
@@ -181,7 +199,7 @@ mod tests {
             kind: Some("veth".into()),
             mtu: 1500,
             hw_addr: vec![0x02, 0, 0, 0, 0, index as u8],
-            flags: IFF_UP | IFF_BROADCAST | IFF_MULTICAST,
+            flags: IFF_UP | IFF_LOWER_UP | IFF_BROADCAST | IFF_MULTICAST,
             master_index: None,
             oper_state: "up".into(),
         }
@@ -227,6 +245,64 @@ mod tests {
         // No address needed: the row is selected with an empty list.
         let row = link(4, "eth0.100").to_row(vec![], &all);
         assert!(row.selected && row.addresses.is_empty());
+    }
+
+    #[test]
+    fn selection_needs_carrier() {
+        let all = DeviceFilter::all();
+        let with = |state: &str| {
+            let mut l = link(2, "eth0");
+            l.oper_state = state.into();
+            l
+        };
+        // What the tracker writes: netlink's names in lower case, `unknown`
+        // when the attribute is missing, the number of a state it does not
+        // know.
+        for (state, carries) in [
+            ("up", true),
+            // tun/tap, dummy and drivers that do not report carrier.
+            ("unknown", true),
+            ("down", false),
+            ("lowerlayerdown", false),
+            ("dormant", false),
+            ("testing", false),
+            ("notpresent", false),
+            ("7", false),
+        ] {
+            assert_eq!(oper_state_carries(state), carries, "{state:?}");
+            assert_eq!(with(state).is_selected(&all), carries, "{state:?}");
+        }
+        // Carrier does not make an administratively down device usable.
+        let mut down = with("unknown");
+        down.flags &= !IFF_UP;
+        assert!(!down.is_selected(&all));
+        // Nor does an operational state the driver never updates make a
+        // device without carrier usable.
+        let mut no_carrier = with("unknown");
+        no_carrier.flags &= !IFF_LOWER_UP;
+        assert!(!no_carrier.is_selected(&all));
+        // The row keeps the state it was decided on.
+        let row = with("lowerlayerdown").to_row(vec![], &all);
+        assert!(!row.selected && row.is_up() && row.oper_state == "lowerlayerdown");
+    }
+
+    #[test]
+    fn carrier_loss_and_return_emit_the_row_again() {
+        let mut s = DeviceState::new(DeviceFilter::all());
+        s.resync(vec![link(1, "eth0")], vec![]);
+        let mut lost = link(1, "eth0");
+        lost.flags &= !IFF_LOWER_UP;
+        lost.oper_state = "lowerlayerdown".into();
+        let ch = s.upsert_link(lost);
+        assert!(
+            matches!(&ch[..], [DeviceChange::Upsert(r)] if !r.selected && r.is_up()),
+            "{ch:?}"
+        );
+        let ch = s.upsert_link(link(1, "eth0"));
+        assert!(
+            matches!(&ch[..], [DeviceChange::Upsert(r)] if r.selected && r.oper_state == "up"),
+            "{ch:?}"
+        );
     }
 
     #[test]

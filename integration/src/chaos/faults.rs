@@ -61,10 +61,13 @@ pub enum FaultKind {
     /// The holder's `eth0` (its LAN link) down for [`HOLD`], then up; its
     /// agent stays connected over `eth1`.
     LanLinkDown,
+    /// The holder's `eth0` without carrier for [`HOLD`] (the bridge's end
+    /// of its veth down), then back; `eth0` itself stays up.
+    LanCarrierLoss,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::KillRestartAfterTakeover,
         FaultKind::Reboot,
         FaultKind::Freeze,
@@ -74,6 +77,7 @@ impl FaultKind {
         FaultKind::RollingUpdate,
         FaultKind::RestartWithinLease,
         FaultKind::LanLinkDown,
+        FaultKind::LanCarrierLoss,
     ];
 
     /// Its name in reports.
@@ -88,6 +92,7 @@ impl FaultKind {
             FaultKind::RollingUpdate => "sigterm, restart (rolling)",
             FaultKind::RestartWithinLease => "restart within lease",
             FaultKind::LanLinkDown => "holder LAN link down > lease",
+            FaultKind::LanCarrierLoss => "holder LAN carrier lost > lease",
         }
     }
 
@@ -102,7 +107,9 @@ impl FaultKind {
             FaultKind::ApiRestart => API_DOWNTIME + RETRY_PERIOD + Duration::from_secs(1),
             FaultKind::RollingUpdate => Duration::from_secs(1),
             FaultKind::RestartWithinLease => Duration::ZERO,
-            FaultKind::LanLinkDown => RETRY_PERIOD + Duration::from_secs(1),
+            FaultKind::LanLinkDown | FaultKind::LanCarrierLoss => {
+                RETRY_PERIOD + Duration::from_secs(1)
+            }
         }
     }
 
@@ -133,8 +140,8 @@ impl FaultKind {
             FaultKind::RestartWithinLease => {
                 "the restarted agent keeps its pinned fences and renews its own lease before they close: no unanswered probe"
             }
-            FaultKind::LanLinkDown => {
-                "issue 12 §4's goal: a holder whose announcing links are all down releases, another node takes over within retry period + 1 s (eth0 down already leaves the selected devices; carrier loss is not injected)"
+            FaultKind::LanLinkDown | FaultKind::LanCarrierLoss => {
+                "a holder whose announcing interfaces are all down or without carrier is no candidate any more: it closes the fence and releases, another node takes over within retry period + 1 s"
             }
         }
     }
@@ -206,6 +213,11 @@ pub fn inject(lab: &Lab, kind: FaultKind, t: &Target) -> Result<(), LabError> {
             hold(HOLD);
             lab.set_lan_link(node, true)
         }
+        FaultKind::LanCarrierLoss => {
+            lab.set_lan_carrier(node, false)?;
+            hold(HOLD);
+            lab.set_lan_carrier(node, true)
+        }
     }
 }
 
@@ -220,6 +232,9 @@ pub fn repair(lab: &Lab) -> Vec<String> {
     for n in lab.state.nodes.clone() {
         if lab.set_lan_link(&n.name, true).is_err() {
             done.push(format!("could not set {}'s eth0 up", n.name));
+        }
+        if lab.set_lan_carrier(&n.name, true).is_err() {
+            done.push(format!("could not give {}'s eth0 its carrier back", n.name));
         }
         if lab.state.agent_pid(&n.name).is_some() {
             let _ = lab.state.signal_agent(&n.name, libc::SIGCONT);

@@ -464,6 +464,13 @@ impl Lab {
         topology::set_lan_link(&self.state, name, up)
     }
 
+    /// Takes the carrier of a node's `eth0` away (the bridge's end of its
+    /// veth down) or gives it back; `eth0` itself stays up and the agent
+    /// keeps its API connection over `eth1`.
+    pub fn set_lan_carrier(&self, name: &str, up: bool) -> Result<(), LabError> {
+        topology::set_lan_carrier(&self.state, name, up)
+    }
+
     /// Waits until the node's metrics server answers `/readyz`.
     pub fn wait_ready(&self, name: &str, timeout: Duration) -> Result<(), LabError> {
         wait_until(

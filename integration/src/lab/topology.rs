@@ -161,9 +161,12 @@ pub fn add_vips(s: &LabState, ips: &[std::net::IpAddr]) -> Result<(), LabError> 
     Ok(())
 }
 
-/// Sets a node's `eth0` up or down (inside its namespace).
+/// Sets a node's `eth0` up or down (inside its namespace). Setting a link
+/// down flushes its IPv6 addresses (`keep_addr_on_down` is 0), so setting
+/// it up puts the node's LAN IPv6 address back, as a network manager would.
 pub fn set_lan_link(s: &LabState, node: &str, up: bool) -> Result<(), LabError> {
-    let ns = &s.node(node)?.netns;
+    let n = s.node(node)?;
+    let ns = n.netns.as_str();
     sh(&[
         "ip",
         "-n",
@@ -172,7 +175,23 @@ pub fn set_lan_link(s: &LabState, node: &str, up: bool) -> Result<(), LabError> 
         "set",
         "eth0",
         if up { "up" } else { "down" },
-    ])
+    ])?;
+    if up {
+        let v6 = format!("{}/64", n.v6);
+        sh(&[
+            "ip", "-n", ns, "addr", "replace", &v6, "dev", "eth0", "nodad",
+        ])?;
+    }
+    Ok(())
+}
+
+/// Sets the LAN bridge's end of a node's `eth0` veth (in the host
+/// namespace) down or up: the node's `eth0` stays administratively up but
+/// loses carrier (operstate `lowerlayerdown`), as when a cable is pulled or
+/// a switch port dies.
+pub fn set_lan_carrier(s: &LabState, node: &str, up: bool) -> Result<(), LabError> {
+    let host_if = &s.node(node)?.host_if;
+    sh(&["ip", "link", "set", host_if, if up { "up" } else { "down" }])
 }
 
 /// Deletes the namespaces and links of `s` (best effort).
