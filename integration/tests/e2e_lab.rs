@@ -25,21 +25,8 @@ use integration::rbac;
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn agent_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
-    let bin = target.join("debug/l2announcer");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p l2announcer` first",
-        bin.display()
-    );
-    bin
-}
-
 fn new_lab() -> Lab {
-    Lab::up(&LabConfig::unique(agent_bin())).expect("lab up")
+    Lab::up(&LabConfig::unique(lab::debug_agent())).expect("lab up")
 }
 
 fn mac(lab: &Lab, node: &str) -> [u8; 6] {
@@ -622,7 +609,7 @@ fn a_low_client_rate_limit_shows_in_metrics_and_logs() {
     // period (node-heartbeat needs one per node, and never warns).
     let mut lab = Lab::up(&LabConfig {
         election: Some("per-service".into()),
-        ..LabConfig::unique(agent_bin())
+        ..LabConfig::unique(lab::debug_agent())
     })
     .expect("lab up");
     holder(&lab, LB_SERVICE, None);
@@ -920,7 +907,7 @@ fn lan_faults_hand_claims_over(election: &str) {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::up(&LabConfig {
         election: Some(election.into()),
-        ..LabConfig::unique(agent_bin())
+        ..LabConfig::unique(lab::debug_agent())
     })
     .expect("lab up");
     let dir = tempfile::tempdir().expect("tempdir");
