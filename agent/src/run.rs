@@ -150,12 +150,15 @@ async fn start_actors(
         renew_deadline: config.renew_deadline,
         retry_period: config.retry_period,
     };
+    // Events and the Service condition share a small budget that leaves
+    // the client's burst to heartbeats, renewals and record writes.
+    let background = kubeclient::Background::new(config.k8s_client_qps, Some(budget.clone()));
     let observers = Observers {
         lease: metrics.clone(),
         announce: Arc::new(Fanout(vec![
             metrics.clone(),
-            ServiceEvents::start(client.clone(), &config.node_name),
-            ServiceStatus::start(client.clone(), &config.node_name),
+            ServiceEvents::start(client.clone(), &config.node_name, background.clone()),
+            ServiceStatus::start(client.clone(), &config.node_name, background),
         ])),
         policy: metrics.clone(),
         datapath: metrics.clone(),

@@ -164,10 +164,11 @@ impl ControlPlaneNode {
                         waits,
                     )
                     .map_err(|e| e.to_string())?;
+                    let background = kubeclient::Background::new(options.qps, None);
                     let observers = Observers {
                         announce: std::sync::Arc::new(Fanout(vec![
-                            ServiceEvents::start(client.clone(), &options.name),
-                            ServiceStatus::start(client.clone(), &options.name),
+                            ServiceEvents::start(client.clone(), &options.name, background.clone()),
+                            ServiceStatus::start(client.clone(), &options.name, background),
                         ])),
                         datapath: Arc::new(Recorder(log)),
                         ..Observers::default()

@@ -126,6 +126,38 @@ impl ThrottleLayer {
 /// for more urgent requests (acquisitions wait while renewals need it).
 pub type ClientBudget = Arc<TokenBucket>;
 
+/// The budget of writes nobody waits for (Events, the Service's Announced
+/// condition): at most a fifth of the client rate, and only while the
+/// client's bucket holds at least half its burst, so that announcing many
+/// Services at once never queues a heartbeat, a renewal or a record write
+/// behind a thousand informational writes.
+#[derive(Debug)]
+pub struct Background {
+    own: TokenBucket,
+    client: Option<ClientBudget>,
+}
+
+impl Background {
+    pub fn new(client_qps: f64, client: Option<ClientBudget>) -> Arc<Background> {
+        Arc::new(Background {
+            own: TokenBucket::new((client_qps / 5.0).max(0.2), 2, Instant::now()),
+            client,
+        })
+    }
+
+    /// Takes a token if a background write may go now.
+    pub fn try_take(&self, now: Instant) -> bool {
+        if self
+            .client
+            .as_ref()
+            .is_some_and(|c| c.available(now) < c.burst() / 2.0)
+        {
+            return false;
+        }
+        self.own.try_take(now)
+    }
+}
+
 impl<S> Layer<S> for ThrottleLayer {
     type Service = Throttle<S>;
     fn layer(&self, inner: S) -> Self::Service {
@@ -260,6 +292,23 @@ pub fn build_client_with_budget(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn background_writes_leave_half_the_burst_and_keep_to_a_fifth() {
+        let t0 = Instant::now();
+        let client = Arc::new(TokenBucket::new(5.0, 10, t0));
+        let bg = Background::new(5.0, Some(client.clone()));
+        // Its own burst of 2, then one per second (a fifth of 5/s).
+        assert!(bg.try_take(t0));
+        assert!(bg.try_take(t0));
+        assert!(!bg.try_take(t0));
+        assert!(bg.try_take(t0 + Duration::from_secs(1)));
+        // The client's bucket below half its burst: none at all.
+        for _ in 0..6 {
+            client.reserve(t0);
+        }
+        assert!(!bg.try_take(t0 + Duration::from_secs(5)));
+    }
 
     #[test]
     fn burst_is_free_then_requests_are_spaced_by_the_rate() {

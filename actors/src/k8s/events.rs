@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::k8s::client::Background;
 use crate::service::AnnounceObserver;
 use crate::service::selection::{Candidacy, ServiceView};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -38,7 +39,11 @@ pub struct ServiceEvents {
 
 impl ServiceEvents {
     /// Starts the publishing task on the current runtime.
-    pub fn start(client: kube::Client, node: &str) -> Arc<ServiceEvents> {
+    pub fn start(
+        client: kube::Client,
+        node: &str,
+        background: Arc<Background>,
+    ) -> Arc<ServiceEvents> {
         let (tx, rx) = mpsc::unbounded_channel();
         let reporter = Reporter {
             controller: "l2announcer".to_string(),
@@ -47,6 +52,7 @@ impl ServiceEvents {
         tokio::spawn(publish(
             Recorder::new(client, reporter),
             node.to_string(),
+            background,
             rx,
         ));
         Arc::new(ServiceEvents { tx })
@@ -137,7 +143,12 @@ pub fn note(node: &str, announcing: bool, entries: &Candidacy, dropped: u32) -> 
     text
 }
 
-async fn publish(recorder: Recorder, node: String, mut rx: mpsc::UnboundedReceiver<Change>) {
+async fn publish(
+    recorder: Recorder,
+    node: String,
+    background: Arc<Background>,
+    mut rx: mpsc::UnboundedReceiver<Change>,
+) {
     let mut budgets: HashMap<String, EventBudget> = HashMap::new();
     while let Some(change) = rx.recv().await {
         let key = change.service.key();
@@ -145,6 +156,13 @@ async fn publish(recorder: Recorder, node: String, mut rx: mpsc::UnboundedReceiv
         let budget = budgets
             .entry(key.clone())
             .or_insert_with(|| EventBudget::new(now));
+        // Events are best effort: over the node's background budget they
+        // are dropped (and counted in the Service's next note).
+        if !background.try_take(now) {
+            budget.dropped += 1;
+            debug!(service = %key, "event dropped: background budget");
+            continue;
+        }
         if !budget.allow(now) {
             debug!(service = %key, "event rate limited");
             continue;

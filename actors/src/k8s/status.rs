@@ -29,6 +29,7 @@ use kube::api::{Patch, PatchParams};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::client::Background;
 use super::events::EventBudget;
 use crate::service::{AnnounceObserver, Candidacy, ServiceView};
 
@@ -66,9 +67,13 @@ pub struct ServiceStatus {
 
 impl ServiceStatus {
     /// Starts the writing task on the current runtime.
-    pub fn start(client: kube::Client, node: &str) -> Arc<ServiceStatus> {
+    pub fn start(
+        client: kube::Client,
+        node: &str,
+        background: Arc<Background>,
+    ) -> Arc<ServiceStatus> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write(client, rx));
+        tokio::spawn(write(client, background, rx));
         Arc::new(ServiceStatus {
             tx,
             node: node.to_string(),
@@ -176,7 +181,11 @@ fn next_conditions(w: &Wanted, node: &str, ours_after: bool) -> Option<Vec<Condi
     Some(list)
 }
 
-async fn write(client: kube::Client, mut rx: mpsc::UnboundedReceiver<Wanted>) {
+async fn write(
+    client: kube::Client,
+    background: Arc<Background>,
+    mut rx: mpsc::UnboundedReceiver<Wanted>,
+) {
     let mut budgets: HashMap<String, EventBudget> = HashMap::new();
     // The latest wanted state of each rate-limited Service.
     let mut waiting: HashMap<String, Wanted> = HashMap::new();
@@ -210,7 +219,9 @@ async fn write(client: kube::Client, mut rx: mpsc::UnboundedReceiver<Wanted>) {
             let budget = budgets
                 .entry(key.clone())
                 .or_insert_with(|| EventBudget::new(now));
-            if !budget.allow(now) {
+            // The node's background budget first (the latest wanted state
+            // waits and is written later), then the Service's own.
+            if !background.try_take(now) || !budget.allow(now) {
                 debug!(service = %key, "condition write rate limited");
                 waiting.insert(key, w);
                 continue;

@@ -440,11 +440,13 @@ impl LeaseActor {
             self.send_decision(ctx, name, decision, now);
         }
         for (name, decision) in acquisitions {
-            // Half the burst stays for renewals.
-            if self
-                .budget
-                .as_ref()
-                .is_some_and(|b| b.available(now) < b.burst() / 2.0)
+            // Half the burst stays for renewals (client-go, the
+            // benchmark's baseline, has no such priority).
+            if !self.poll
+                && self
+                    .budget
+                    .as_ref()
+                    .is_some_and(|b| b.available(now) < b.burst() / 2.0)
             {
                 break;
             }
