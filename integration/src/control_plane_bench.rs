@@ -393,6 +393,8 @@ pub struct CaseResult {
     pub steady: Option<Steady>,
     pub new_services: Option<NewServices>,
     pub failover: Option<Failover>,
+    /// What the harness could not measure, and why.
+    pub notes: Vec<String>,
 }
 
 impl CaseResult {
@@ -407,6 +409,7 @@ impl CaseResult {
             steady: None,
             new_services: None,
             failover: None,
+            notes: Vec::new(),
         }
     }
 }
@@ -521,7 +524,23 @@ pub fn markdown(r: &Report) -> String {
         dur(Some(i.watch_min_period_s)),
     );
     let _ = writeln!(s, "`{}`\n", i.command);
-    let cols: Vec<&CaseResult> = r.cases.iter().collect();
+    let cols: Vec<&CaseResult> = r
+        .cases
+        .iter()
+        .filter(|c| !matches!(c.status, CaseStatus::Skipped(_)))
+        .collect();
+    let mut skipped: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for c in &r.cases {
+        if let CaseStatus::Skipped(why) = &c.status {
+            skipped
+                .entry(why)
+                .or_default()
+                .push(format!("{} × {}", c.services, c.mode));
+        }
+    }
+    for (why, which) in skipped {
+        let _ = writeln!(s, "Not run: {} ({why}).\n", which.join(", "));
+    }
     let _ = write!(s, "| measure |");
     for c in &cols {
         let _ = write!(s, " {} × {} |", c.services, c.mode);
@@ -722,6 +741,7 @@ pub fn markdown(r: &Report) -> String {
     row(&mut s, "(probe period per failing-over VIP)", &|c| {
         fo(c, |v| dur(Some(v.resolution_s)))
     });
+    row(&mut s, "notes", &|c| c.notes.join("<br>"));
     row(&mut s, "case duration", &|c| {
         dur(matches!(c.status, CaseStatus::Ran | CaseStatus::Failed(_)).then_some(c.duration_s))
     });
@@ -1017,8 +1037,11 @@ mod tests {
             total_s: 1.0,
         };
         let md = markdown(&report);
-        assert!(md.contains("| measure | 1000 × per-service | 1000 × node-heartbeat |"));
-        assert!(md.contains("skipped: no flag"));
+        assert!(md.contains("| measure | 1000 × per-service |\n"), "{md}");
+        assert!(
+            md.contains("Not run: 1000 × node-heartbeat (no flag)."),
+            "{md}"
+        );
         assert!(md.contains("20 ms / 1.5 s / 1.5 s"));
         let svg = svg(&report);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

@@ -573,6 +573,9 @@ fn phases(
         .max_by_key(|(_, v)| v.len())
     else {
         tracing::warn!("no VIP answered: no failover");
+        result
+            .notes
+            .push("failover not measured: no VIP was answered to fail over".into());
         return Ok(());
     };
     let victim = lab.node_by_mac(victim_mac).unwrap_or(0);
