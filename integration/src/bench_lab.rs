@@ -13,7 +13,7 @@
 //! host namespace). The benchmark's own Kubernetes client runs on a tokio
 //! runtime whose threads live in `<id>-sw`.
 //!
-//! The cluster is the lab's ([`crate::lab::apply_cluster`]): deploy/'s CRD,
+//! The cluster is the lab's ([`crate::lab::objects::apply_cluster`]): deploy/'s CRD,
 //! the reference policy, nodes `node-1..node-M`, the last one a
 //! control-plane node the policy never selects. The Services are the
 //! benchmark's business.
@@ -35,8 +35,10 @@ use std::time::Duration;
 use kube_test_apiserver::CounterKey;
 use serde::{Deserialize, Serialize};
 
-use crate::lab::{LabError, apply_cluster, http_get, in_netns, process_alive};
-use crate::netns::{enter_path, format_mac, run};
+use crate::lab::objects::apply_cluster;
+use crate::lab::{LabError, agent_user_agent, process_alive};
+use crate::netns::{enter_path, run, run_in};
+use crate::poll::{WaitError, wait_until};
 use crate::probe::monotonic_ns;
 
 /// Namespace prefix of every bench lab.
@@ -67,8 +69,9 @@ pub struct AgentOptions {
     pub retry_period: Duration,
     pub qps: f64,
     pub burst: u32,
-    /// `--l2-announcements-election` value; `None` passes no flag.
-    pub election: Option<String>,
+    /// `--l2-announcements-election` value (`node-heartbeat`,
+    /// `per-service` or the benchmark-only `client-go`).
+    pub election: String,
 }
 
 /// How to build a bench lab.
@@ -198,8 +201,7 @@ impl BenchLab {
         std::fs::create_dir_all(&lab.dir).map_err(io_err(lab.dir.display().to_string()))?;
         lab.build_topology()?;
         lab.start_apiserver()?;
-        let client = lab.client()?;
-        lab.block_on(apply_cluster(client, lab.nodes.len()))??;
+        lab.apply_cluster()?;
         Ok(lab)
     }
 
@@ -265,7 +267,7 @@ impl BenchLab {
                 "name",
                 "eth0",
                 "address",
-                &format_mac(*mac),
+                &crate::mac::format(*mac),
                 "netns",
                 ns,
             ])?;
@@ -339,12 +341,12 @@ impl BenchLab {
                 let _ = tx.send(line);
             });
         }
-        let url = rx.recv_timeout(Duration::from_secs(20)).map_err(|_| {
-            LabError::Timeout(
-                Duration::from_secs(20),
-                "the test API server to listen".into(),
-            )
-        })?;
+        let url = rx
+            .recv_timeout(Duration::from_secs(20))
+            .map_err(|_| WaitError::Timeout {
+                what: "the test API server to listen".into(),
+                after: Duration::from_secs(20),
+            })?;
         if !url.trim().starts_with("http://") {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             return Err(LabError::State(format!(
@@ -383,6 +385,29 @@ impl BenchLab {
         self.rt = Some(rt);
         self.client = Some(client);
         Ok(())
+    }
+
+    /// Creates the cluster's objects from a thread inside the switch
+    /// namespace: whatever thread ends up connecting, it can only reach
+    /// this bench's API server (a lab in the host namespace listens on the
+    /// same address).
+    fn apply_cluster(&self) -> Result<(), LabError> {
+        let rt = self
+            .rt
+            .as_ref()
+            .ok_or_else(|| LabError::State("no runtime".into()))?;
+        let client = self.client()?;
+        let nodes = self.nodes.len();
+        let path = Path::new("/run/netns").join(&self.switch_netns);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    enter_path(&self.switch_netns, &path)?;
+                    apply_cluster(rt, &client, nodes)
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 
     /// The benchmark's Kubernetes client (User-Agent `l2bench`).
@@ -470,9 +495,7 @@ impl BenchLab {
             .arg(n.dir.join("l2announcer.sock"))
             .arg("--bpf-root")
             .arg(&n.bpf_root);
-        if let Some(mode) = &o.election {
-            c.arg(format!("--l2-announcements-election={mode}"));
-        }
+        c.arg(format!("--l2-announcements-election={}", o.election));
         c
     }
 
@@ -514,7 +537,7 @@ impl BenchLab {
                 )
             })
             .collect();
-        crate::lab::wait_until(
+        wait_until(
             "every agent ready and watching Services",
             timeout,
             Duration::from_millis(100),
@@ -522,10 +545,10 @@ impl BenchLab {
                 self.check_agents()?;
                 let sw = self.switch_netns.clone();
                 let probe = addrs.clone();
-                let ready = in_netns(&sw, move || {
-                    probe
-                        .iter()
-                        .all(|(_, a)| http_get(*a, "/readyz", Duration::from_secs(1)).is_ok())
+                let ready = run_in(&sw, move || {
+                    probe.iter().all(|(_, a)| {
+                        crate::http::get(*a, "/readyz", Duration::from_secs(1)).is_ok()
+                    })
                 })?;
                 if !ready {
                     return Ok(None);
@@ -535,7 +558,7 @@ impl BenchLab {
                     counters.iter().any(|c| {
                         c.key.verb == "watch"
                             && c.key.resource.ends_with("services")
-                            && c.key.user_agent.ends_with(&format!("({name})"))
+                            && c.key.user_agent.ends_with(&agent_user_agent(name))
                     })
                 });
                 Ok(watching.then_some(()))

@@ -273,10 +273,17 @@ pub struct Steady {
     pub placement: BTreeMap<String, usize>,
     /// Largest deviation of an eligible node from its fair share, percent.
     pub imbalance_pct: Option<f64>,
-    /// Node name -> per-Service Leases naming it holder.
+    /// Where the mode keeps who holds what: "assignment record"
+    /// (node-heartbeat) or "per-Service Leases".
+    pub holder_source: String,
+    /// Node name -> Services it holds according to `holder_source`.
+    pub holders: BTreeMap<String, usize>,
+    /// Node name -> per-Service Leases naming it holder (in node-heartbeat
+    /// mode the lazy mirror of the record).
     pub lease_holders: BTreeMap<String, usize>,
-    /// Leases naming a holder whose renewTime is older than their duration.
-    pub leases_expired: usize,
+    /// Per-Service Leases naming a holder whose renewTime is older than
+    /// their duration (modes that renew them; the mirror is not renewed).
+    pub leases_expired: Option<usize>,
     pub processes: Vec<ProcUsage>,
 }
 
@@ -376,7 +383,6 @@ pub fn failover_times(
 #[serde(rename_all = "lowercase")]
 pub enum CaseStatus {
     Ran,
-    Skipped(String),
     Failed(String),
 }
 
@@ -385,8 +391,6 @@ pub enum CaseStatus {
 pub struct CaseResult {
     pub services: usize,
     pub mode: String,
-    /// Whether the agents got `--l2-announcements-election`.
-    pub election_flag: bool,
     pub status: CaseStatus,
     pub duration_s: f64,
     pub convergence: Option<Convergence>,
@@ -398,11 +402,10 @@ pub struct CaseResult {
 }
 
 impl CaseResult {
-    pub fn empty(services: usize, mode: &str, election_flag: bool, status: CaseStatus) -> Self {
+    pub fn empty(services: usize, mode: &str, status: CaseStatus) -> Self {
         CaseResult {
             services,
             mode: mode.into(),
-            election_flag,
             status,
             duration_s: 0.0,
             convergence: None,
@@ -433,7 +436,6 @@ pub struct RunInfo {
     pub sweep_pps: f64,
     pub watch_pps: f64,
     pub watch_min_period_s: f64,
-    pub agent_has_election_flag: bool,
     pub command: String,
 }
 
@@ -502,7 +504,7 @@ pub fn markdown(r: &Report) -> String {
         s,
         "{} nodes ({} eligible through the reference policy), agents with lease {} / renew {} / retry {}, \
          `--k8s-client-qps {} --k8s-client-burst {}`, {} Services with IPv6 VIPs in 2001:db8:100::/64, \
-         seed {}. Agent {} `--l2-announcements-election`. Probes: Neighbor Solicitations from the client, \
+         seed {}, `--l2-announcements-election=<mode>`. Probes: Neighbor Solicitations from the client, \
          sweep {:.0}/s over all VIPs, watched VIPs at up to {:.0}/s and each at most every {}; \
          \"answered\" = first solicited NA at the client.\n",
         i.nodes,
@@ -514,33 +516,12 @@ pub fn markdown(r: &Report) -> String {
         i.burst,
         i.service_type,
         i.seed,
-        if i.agent_has_election_flag {
-            "has"
-        } else {
-            "has no"
-        },
         i.sweep_pps,
         i.watch_pps,
         dur(Some(i.watch_min_period_s)),
     );
     let _ = writeln!(s, "`{}`\n", i.command);
-    let cols: Vec<&CaseResult> = r
-        .cases
-        .iter()
-        .filter(|c| !matches!(c.status, CaseStatus::Skipped(_)))
-        .collect();
-    let mut skipped: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for c in &r.cases {
-        if let CaseStatus::Skipped(why) = &c.status {
-            skipped
-                .entry(why)
-                .or_default()
-                .push(format!("{} × {}", c.services, c.mode));
-        }
-    }
-    for (why, which) in skipped {
-        let _ = writeln!(s, "Not run: {} ({why}).\n", which.join(", "));
-    }
+    let cols: Vec<&CaseResult> = r.cases.iter().collect();
     let _ = write!(s, "| measure |");
     for c in &cols {
         let _ = write!(s, " {} × {} |", c.services, c.mode);
@@ -559,7 +540,6 @@ pub fn markdown(r: &Report) -> String {
     };
     row(&mut s, "status", &|c| match &c.status {
         CaseStatus::Ran => "ran".into(),
-        CaseStatus::Skipped(w) => format!("skipped: {w}"),
         CaseStatus::Failed(w) => format!("failed: {}", w.lines().next().unwrap_or("")),
     });
     row(&mut s, "N Services created through the API in", &|c| {
@@ -639,12 +619,28 @@ pub fn markdown(r: &Report) -> String {
             )
         })
     });
-    row(&mut s, "placement by Lease holder", &|c| {
+    row(
+        &mut s,
+        "placement by holder (where the mode records it)",
+        &|c| {
+            st(c, |v| {
+                format!("{} ({})", counts(&v.holders), v.holder_source)
+            })
+        },
+    );
+    row(&mut s, "per-Service Leases naming a holder", &|c| {
         st(c, |v| counts(&v.lease_holders))
     });
-    row(&mut s, "Leases naming a holder but expired", &|c| {
-        st(c, |v| v.leases_expired.to_string())
-    });
+    row(
+        &mut s,
+        "per-Service Leases naming a holder but expired",
+        &|c| {
+            st(c, |v| {
+                v.leases_expired
+                    .map_or("— (a mirror, not renewed)".into(), |n| n.to_string())
+            })
+        },
+    );
     row(&mut s, "agent RSS MiB (peak)", &|c| {
         st(c, |v| {
             v.processes
@@ -742,9 +738,7 @@ pub fn markdown(r: &Report) -> String {
         fo(c, |v| dur(Some(v.resolution_s)))
     });
     row(&mut s, "notes", &|c| c.notes.join("<br>"));
-    row(&mut s, "case duration", &|c| {
-        dur(matches!(c.status, CaseStatus::Ran | CaseStatus::Failed(_)).then_some(c.duration_s))
-    });
+    row(&mut s, "case duration", &|c| dur(Some(c.duration_s)));
     s
 }
 
@@ -994,7 +988,7 @@ mod tests {
 
     #[test]
     fn report_renders_every_case() {
-        let mut ran = CaseResult::empty(1000, "per-service", false, CaseStatus::Ran);
+        let mut ran = CaseResult::empty(1000, "per-service", CaseStatus::Ran);
         ran.new_services = Some(NewServices {
             samples: vec![Some(0.02), Some(1.5), None],
             dist: Dist::of(&[Some(0.02), Some(1.5), None]),
@@ -1022,7 +1016,6 @@ mod tests {
                 sweep_pps: 1000.0,
                 watch_pps: 4000.0,
                 watch_min_period_s: 0.005,
-                agent_has_election_flag: false,
                 command: "bench".into(),
             },
             cases: vec![
@@ -1030,16 +1023,18 @@ mod tests {
                 CaseResult::empty(
                     1000,
                     "node-heartbeat",
-                    false,
-                    CaseStatus::Skipped("no flag".into()),
+                    CaseStatus::Failed("the agent of node-1 exited".into()),
                 ),
             ],
             total_s: 1.0,
         };
         let md = markdown(&report);
-        assert!(md.contains("| measure | 1000 × per-service |\n"), "{md}");
         assert!(
-            md.contains("Not run: 1000 × node-heartbeat (no flag)."),
+            md.contains("| measure | 1000 × per-service | 1000 × node-heartbeat |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| status | ran | failed: the agent of node-1 exited |"),
             "{md}"
         );
         assert!(md.contains("20 ms / 1.5 s / 1.5 s"));

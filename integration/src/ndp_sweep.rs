@@ -14,12 +14,13 @@
 //! measurement is the solicitation period of its address, which the caller
 //! can read back ([`SweepLog::targets`]: `sent`, and the rates it chose).
 //!
-//! Solicitations go to the target's solicited-node group (RFC 4861 §7.2.2)
-//! from a fixed source address and the interface's MAC, with a source
-//! link-layer address option. Only solicited advertisements unicast to the
-//! interface with a valid ICMPv6 checksum are recorded; the others are
-//! counted. It is not an NDP implementation (no neighbor cache, no DAD) and
-//! not the ARP prober (`crate::probe`).
+//! Solicitations are [`bpf::frame::NeighborSolicitation::multicast`]
+//! frames (to the target's solicited-node group, from a fixed source
+//! address and the interface's MAC, with the source link-layer address
+//! option) sent on a [`bpf::PacketSocket`]. Only solicited advertisements
+//! unicast to the interface with a valid ICMPv6 checksum are recorded; the
+//! others are counted. It is not an NDP implementation (no neighbor cache,
+//! no DAD) and not the one-target NS prober (`crate::ns_probe`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv6Addr;
@@ -28,90 +29,50 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::probe::{PacketSocket, ProbeError};
+use bpf::PacketSocket;
+use bpf::frame::{
+    ETH_HEADER_LEN, ETHERTYPE_IPV6, NeighborAdvertisement, NeighborSolicitation, icmpv6_checksum,
+};
 
-/// EtherType of IPv6.
-pub const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_HLEN: usize = 14;
-const IP6_HLEN: usize = 40;
-const ICMPV6: u8 = 58;
-const NEIGHBOR_SOLICITATION: u8 = 135;
-const NEIGHBOR_ADVERTISEMENT: u8 = 136;
-const NA_FLAG_SOLICITED: u8 = 0x40;
-/// NS: type, code, checksum, reserved (8) + target (16) + source
-/// link-layer address option (8).
-const NS_LEN: usize = 32;
-/// Length of the frames [`solicitation_frame`] builds.
-pub const NS_FRAME_LEN: usize = ETH_HLEN + IP6_HLEN + NS_LEN;
+use crate::probe::{ProbeError, monotonic_ns};
 
-/// The solicited-node multicast address of `target` (ff02::1:ffXX:XXXX).
-pub fn solicited_node(target: Ipv6Addr) -> Ipv6Addr {
-    let t = target.octets();
-    Ipv6Addr::new(
-        0xff02,
-        0,
-        0,
-        0,
-        0,
-        1,
-        0xff00 | u16::from(t[13]),
-        u16::from_be_bytes([t[14], t[15]]),
-    )
+/// Length of an IPv6 header (NDP carries no extension headers).
+const IPV6_HEADER_LEN: usize = 40;
+/// Room for the answers of thousands of solicitations in flight.
+const RECEIVE_BUFFER: usize = 16 << 20;
+
+fn io_err(op: &'static str) -> impl FnOnce(std::io::Error) -> ProbeError {
+    move |source| ProbeError::Io { op, source }
 }
 
-/// The ICMPv6 checksum of `msg` (its checksum field zero, or the checksum
-/// it carries: then a valid message sums to 0) between `src` and `dst`.
-pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut add = |bytes: &[u8]| {
-        for pair in bytes.chunks(2) {
-            let word = u16::from_be_bytes([pair[0], pair.get(1).copied().unwrap_or(0)]);
-            sum += u32::from(word);
-        }
-    };
-    add(&src.octets());
-    add(&dst.octets());
-    add(&(msg.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, ICMPV6]);
-    add(msg);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
+/// The socket of a sweep and its interface's MAC.
+#[derive(Debug)]
+pub struct SweepSocket {
+    socket: PacketSocket,
+    mac: [u8; 6],
+}
+
+impl SweepSocket {
+    /// An IPv6 socket on `ifname` of the calling thread's network
+    /// namespace, for [`NdpSweep::start`] (the socket stays in that
+    /// namespace whatever thread uses it later; the MAC is read here, where
+    /// the interface's name means something).
+    pub fn open(ifname: &str) -> Result<SweepSocket, ProbeError> {
+        let ifindex = bpf::if_nametoindex(ifname)
+            .ok_or_else(|| ProbeError::UnknownInterface(ifname.to_string()))?;
+        let socket =
+            PacketSocket::bind(ifindex, ETHERTYPE_IPV6).map_err(io_err("bind(AF_PACKET)"))?;
+        socket
+            .set_receive_buffer(RECEIVE_BUFFER)
+            .map_err(io_err("setsockopt(SO_RCVBUFFORCE)"))?;
+        let mac = socket
+            .interface_mac()
+            .map_err(io_err("ioctl(SIOCGIFHWADDR)"))?;
+        Ok(SweepSocket { socket, mac })
     }
-    !(sum as u16)
 }
 
-/// A Neighbor Solicitation for `target` from `src_ip` / `src_mac` to the
-/// target's solicited-node group.
-pub fn solicitation_frame(
-    src_mac: [u8; 6],
-    src_ip: Ipv6Addr,
-    target: Ipv6Addr,
-) -> [u8; NS_FRAME_LEN] {
-    let group = solicited_node(target);
-    let g = group.octets();
-    let mut f = [0u8; NS_FRAME_LEN];
-    f[0..6].copy_from_slice(&[0x33, 0x33, g[12], g[13], g[14], g[15]]);
-    f[6..12].copy_from_slice(&src_mac);
-    f[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
-    let ip = &mut f[ETH_HLEN..ETH_HLEN + IP6_HLEN];
-    ip[0] = 0x60;
-    ip[4..6].copy_from_slice(&(NS_LEN as u16).to_be_bytes());
-    ip[6] = ICMPV6;
-    ip[7] = 255;
-    ip[8..24].copy_from_slice(&src_ip.octets());
-    ip[24..40].copy_from_slice(&g);
-    let ns = &mut f[ETH_HLEN + IP6_HLEN..];
-    ns[0] = NEIGHBOR_SOLICITATION;
-    ns[8..24].copy_from_slice(&target.octets());
-    ns[24] = 1; // source link-layer address
-    ns[25] = 1; // length in units of 8 bytes
-    ns[26..32].copy_from_slice(&src_mac);
-    let sum = icmpv6_checksum(src_ip, group, ns);
-    ns[2..4].copy_from_slice(&sum.to_be_bytes());
-    f
-}
-
-/// A Neighbor Advertisement as read off the wire.
+/// A Neighbor Advertisement as the sweep judges it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Advertisement {
     pub eth_dst: [u8; 6],
@@ -124,37 +85,23 @@ pub struct Advertisement {
 
 impl Advertisement {
     /// Parses an Ethernet frame holding an IPv6 Neighbor Advertisement
-    /// (no extension headers, as NDP sends them).
+    /// ([`NeighborAdvertisement::parse`]) and checks its ICMPv6 checksum.
     pub fn parse(frame: &[u8]) -> Option<Advertisement> {
-        let icmp_at = ETH_HLEN + IP6_HLEN;
-        if frame.len() < icmp_at + 24 || frame[12..14] != ETH_P_IPV6.to_be_bytes() {
-            return None;
-        }
-        let ip = &frame[ETH_HLEN..icmp_at];
-        if ip[0] >> 4 != 6 || ip[6] != ICMPV6 {
-            return None;
-        }
-        let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-        let msg = frame.get(icmp_at..icmp_at + len)?;
-        if len < 24 || msg[0] != NEIGHBOR_ADVERTISEMENT || msg[1] != 0 {
-            return None;
-        }
-        let addr = |b: &[u8]| -> Ipv6Addr {
-            let mut o = [0u8; 16];
-            o.copy_from_slice(b);
-            Ipv6Addr::from(o)
-        };
-        let mac = |b: &[u8]| -> [u8; 6] {
-            let mut m = [0u8; 6];
-            m.copy_from_slice(b);
-            m
-        };
+        let na = NeighborAdvertisement::parse(frame)?;
+        let icmp_at = ETH_HEADER_LEN + IPV6_HEADER_LEN;
+        let len = usize::from(u16::from_be_bytes([
+            *frame.get(ETH_HEADER_LEN + 4)?,
+            *frame.get(ETH_HEADER_LEN + 5)?,
+        ]));
+        let checksum_ok = frame
+            .get(icmp_at..icmp_at + len)
+            .is_some_and(|msg| icmpv6_checksum(&na.src, &na.dst, msg) == 0);
         Some(Advertisement {
-            eth_dst: mac(&frame[0..6]),
-            eth_src: mac(&frame[6..12]),
-            target: addr(&msg[8..24]),
-            solicited: msg[4] & NA_FLAG_SOLICITED != 0,
-            checksum_ok: icmpv6_checksum(addr(&ip[8..24]), addr(&ip[24..40]), msg) == 0,
+            eth_dst: na.eth_dst,
+            eth_src: na.eth_src,
+            target: na.target,
+            solicited: na.solicited,
+            checksum_ok,
         })
     }
 }
@@ -366,7 +313,7 @@ impl SweepState {
 
 /// A running sweep (two threads: sender and receiver). Stops on drop.
 pub struct NdpSweep {
-    sock: Arc<PacketSocket>,
+    mac: [u8; 6],
     state: Arc<Mutex<SweepState>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Result<(), ProbeError>>>,
@@ -378,10 +325,11 @@ fn lock(state: &Mutex<SweepState>) -> MutexGuard<'_, SweepState> {
 }
 
 impl NdpSweep {
-    /// Starts soliciting from `sock` (an [`ETH_P_IPV6`] socket opened in
-    /// the client's namespace) as `src_ip`. No address yet: see [`Self::add`].
-    pub fn start(sock: PacketSocket, src_ip: Ipv6Addr, rates: SweepRates) -> NdpSweep {
-        let sock = Arc::new(sock);
+    /// Starts soliciting from `sock` (opened in the client's namespace) as
+    /// `src_ip`. No address yet: see [`Self::add`].
+    pub fn start(sock: SweepSocket, src_ip: Ipv6Addr, rates: SweepRates) -> NdpSweep {
+        let SweepSocket { socket, mac } = sock;
+        let sock = Arc::new(socket);
         let state = Arc::new(Mutex::new(SweepState {
             rates: Some(rates),
             ..SweepState::default()
@@ -395,14 +343,14 @@ impl NdpSweep {
                 stop.clone(),
                 send_errors.clone(),
             );
-            std::thread::spawn(move || send_loop(&sock, src_ip, &state, &stop, &errors))
+            std::thread::spawn(move || send_loop(&sock, mac, src_ip, &state, &stop, &errors))
         };
         let receiver = {
             let (sock, state, stop) = (sock.clone(), state.clone(), stop.clone());
-            std::thread::spawn(move || receive_loop(&sock, &state, &stop, &send_errors))
+            std::thread::spawn(move || receive_loop(&sock, mac, &state, &stop, &send_errors))
         };
         NdpSweep {
-            sock,
+            mac,
             state,
             stop,
             threads: vec![sender, receiver],
@@ -411,7 +359,7 @@ impl NdpSweep {
 
     /// The interface MAC solicitations come from (answers go to it).
     pub fn mac(&self) -> [u8; 6] {
-        self.sock.mac()
+        self.mac
     }
 
     /// Adds addresses to the sweep; their ids (an address added twice keeps
@@ -512,12 +460,12 @@ impl Drop for NdpSweep {
 /// (after a stall it does not burst to catch up).
 fn send_loop(
     sock: &PacketSocket,
+    mac: [u8; 6],
     src_ip: Ipv6Addr,
     state: &Mutex<SweepState>,
     stop: &AtomicBool,
     errors: &AtomicU64,
 ) -> Result<(), ProbeError> {
-    let mac = sock.mac();
     let mut last = Instant::now();
     let (mut watch_credit, mut sweep_credit) = (0.0f64, 0.0f64);
     let mut batch: Vec<usize> = Vec::with_capacity(256);
@@ -556,10 +504,8 @@ fn send_loop(
             s.log.counters.sent += batch.len() as u64;
         }
         for ip in &frames {
-            if sock
-                .send_frame(&solicitation_frame(mac, src_ip, *ip))
-                .is_err()
-            {
+            let frame = NeighborSolicitation::multicast(mac, src_ip, *ip).to_bytes();
+            if sock.send(&frame).is_err() {
                 // ENOBUFS under load: counted, the sweep comes back to it.
                 errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -570,18 +516,21 @@ fn send_loop(
 
 fn receive_loop(
     sock: &PacketSocket,
+    own_mac: [u8; 6],
     state: &Mutex<SweepState>,
     stop: &AtomicBool,
     send_errors: &AtomicU64,
 ) -> Result<(), ProbeError> {
-    let own_mac = sock.mac();
     let mut buf = [0u8; 2048];
     let mut got: Vec<(u64, Advertisement)> = Vec::with_capacity(256);
     while !stop.load(Ordering::Relaxed) {
-        let readable = sock.wait_readable(Duration::from_millis(50))?;
+        let readable = sock
+            .wait_readable(Duration::from_millis(50))
+            .map_err(io_err("ppoll"))?;
         got.clear();
         if readable {
-            while let Some((n, at_ns)) = sock.try_recv(&mut buf)? {
+            while let Some(n) = sock.try_recv(&mut buf).map_err(io_err("recv(AF_PACKET)"))? {
+                let at_ns = monotonic_ns();
                 if let Some(adv) = Advertisement::parse(&buf[..n]) {
                     got.push((at_ns, adv));
                 }
@@ -590,7 +539,9 @@ fn receive_loop(
                 }
             }
         }
-        let drops = sock.socket_drops()?;
+        let drops = sock
+            .drops()
+            .map_err(io_err("getsockopt(PACKET_STATISTICS)"))?;
         let mut s = lock(state);
         for (at_ns, adv) in &got {
             s.record(*at_ns, adv, own_mac);
@@ -609,51 +560,17 @@ mod tests {
     const SRC: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
     const VIP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0x12, 0x3456);
 
-    #[test]
-    fn solicitation_goes_to_the_solicited_node_group_with_a_valid_checksum() {
-        let f = solicitation_frame(MAC, SRC, VIP);
-        assert_eq!(f[0..6], [0x33, 0x33, 0xff, 0x12, 0x34, 0x56]);
-        assert_eq!(f[6..12], MAC);
-        assert_eq!(f[12..14], [0x86, 0xdd]);
-        let group: Ipv6Addr = "ff02::1:ff12:3456".parse().expect("address");
-        assert_eq!(solicited_node(VIP), group);
-        assert_eq!(f[14 + 24..14 + 40], group.octets());
-        assert_eq!(f[14 + 7], 255, "hop limit");
-        let msg = &f[54..];
-        assert_eq!(msg[0], 135);
-        assert_eq!(msg[8..24], VIP.octets());
-        assert_eq!(msg[24..32], [1, 1, 0x02, 0xc1, 0, 0, 0, 0x02]);
-        assert_eq!(icmpv6_checksum(SRC, group, msg), 0, "checksum verifies");
-        let mut broken = msg.to_vec();
-        broken[10] ^= 1;
-        assert_ne!(icmpv6_checksum(SRC, group, &broken), 0);
-    }
-
-    /// A solicited NA as a responder would build it.
-    fn advertisement(from: [u8; 6], target: Ipv6Addr, flags: u8) -> Vec<u8> {
-        let mut msg = vec![0u8; 32];
-        msg[0] = 136;
-        msg[4] = flags;
-        msg[8..24].copy_from_slice(&target.octets());
-        msg[24] = 2;
-        msg[25] = 1;
-        msg[26..32].copy_from_slice(&from);
-        let sum = icmpv6_checksum(target, SRC, &msg);
-        msg[2..4].copy_from_slice(&sum.to_be_bytes());
-        let mut f = Vec::new();
-        f.extend_from_slice(&MAC);
-        f.extend_from_slice(&from);
-        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 32, 58, 255]);
-        f.extend_from_slice(&target.octets());
-        f.extend_from_slice(&SRC.octets());
-        f.extend_from_slice(&msg);
-        f
+    /// A solicited NA as the responder builds it, to the client.
+    fn advertisement(from: [u8; 6], target: Ipv6Addr, solicited: bool) -> Vec<u8> {
+        let mut na = NeighborAdvertisement::solicited(from, target, MAC, SRC);
+        na.solicited = solicited;
+        na.to_bytes()
     }
 
     #[test]
     fn parses_advertisements_and_checks_their_checksum() {
         let node = [0x02, 0x1b, 0, 0, 0, 1];
-        let f = advertisement(node, VIP, 0x60);
+        let f = advertisement(node, VIP, true);
         let a = Advertisement::parse(&f).expect("an NA");
         assert_eq!(a.eth_src, node);
         assert_eq!(a.eth_dst, MAC);
@@ -663,13 +580,11 @@ mod tests {
         let mut bad = f.clone();
         bad[70] ^= 0xff;
         assert!(!Advertisement::parse(&bad).expect("an NA").checksum_ok);
-        let unsolicited = advertisement(node, VIP, 0x20);
+        let unsolicited = advertisement(node, VIP, false);
         assert!(!Advertisement::parse(&unsolicited).expect("an NA").solicited);
         // A solicitation is not an advertisement; a truncated frame is nothing.
-        assert_eq!(
-            Advertisement::parse(&solicitation_frame(MAC, SRC, VIP)),
-            None
-        );
+        let ns = NeighborSolicitation::multicast(MAC, SRC, VIP).to_bytes();
+        assert_eq!(Advertisement::parse(&ns), None);
         assert_eq!(Advertisement::parse(&f[..60]), None);
     }
 

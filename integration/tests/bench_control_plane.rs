@@ -1,9 +1,10 @@
 //! A smoke run of the control-plane benchmark (`bench-control-plane`): 20
-//! Services on 3 nodes in `per-service` mode (what every agent offers),
-//! short timings and a generous client rate so that it ends well within a
-//! minute. It checks that the harness measures what it claims — every VIP
-//! found answered by the sweep, the new Services and the failover observed,
-//! the report written — not how fast anything is (no timing assertion).
+//! Services on 3 nodes in `node-heartbeat` mode (the default, whose holders
+//! live in the assignment record), short timings and a generous client
+//! rate so that it ends within half a minute. It checks that the harness
+//! measures what it claims — every VIP found answered by the sweep, holders
+//! read from the record, the new Services and the failover observed, the
+//! report written — not how fast anything is (no timing assertion).
 //!
 //! Needs root, bpffs and the debug builds of the agent and the test API
 //! server (`cargo build -p l2announcer -p kube-test-apiserver`, or
@@ -35,9 +36,9 @@ fn a_small_control_plane_bench_measures_every_phase() {
             "--nodes",
             "3",
             "--modes",
-            "per-service",
+            "node-heartbeat",
             "--timings",
-            "4s/2s/500ms",
+            "3s/1s/200ms",
             "--qps",
             "100",
             "--burst",
@@ -47,15 +48,15 @@ fn a_small_control_plane_bench_measures_every_phase() {
             "--settle",
             "1s",
             "--steady",
-            "4s",
+            "3s",
             "--new-services",
             "3",
             "--new-interval",
-            "300ms",
+            "200ms",
             "--new-timeout",
-            "15s",
+            "10s",
             "--failover-slack",
-            "3s",
+            "2s",
         ])
         .arg("--out-dir")
         .arg(out.path())
@@ -98,9 +99,24 @@ fn a_small_control_plane_bench_measures_every_phase() {
             .contains_key("node-3"),
         "the control-plane node answers nothing: {steady:#}"
     );
+    assert_eq!(steady["holder_source"], "assignment record", "{steady:#}");
+    let held: u64 = steady["holders"]
+        .as_object()
+        .expect("holders")
+        .values()
+        .map(|v| v.as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        held, 20,
+        "the record gives every Service to a live node: {steady:#}"
+    );
+    assert_eq!(
+        steady["holders"], steady["placement"],
+        "the record's holders are the nodes that answer: {steady:#}"
+    );
     assert!(
         steady["requests"]["requests"].as_u64().unwrap_or(0) > 0,
-        "the agents' lease renewals are counted: {steady:#}"
+        "the agents' heartbeat renewals are counted: {steady:#}"
     );
     let procs = steady["processes"].as_array().expect("processes");
     assert_eq!(
@@ -132,12 +148,12 @@ fn a_small_control_plane_bench_measures_every_phase() {
     assert_eq!(fo["answered_before_kill"], 0, "{fo:#}");
 
     let md = std::fs::read_to_string(out.path().join("control-plane.md")).expect("md");
-    assert!(md.contains("| measure | 20 × per-service |"), "{md}");
+    assert!(md.contains("| measure | 20 × node-heartbeat |"), "{md}");
     let svg = std::fs::read_to_string(out.path().join("control-plane.svg")).expect("svg");
     assert!(svg.contains("<polyline"), "distributions drawn");
     assert!(
         out.path()
-            .join("control-plane-logs/20-per-service/node-1.log")
+            .join("control-plane-logs/20-node-heartbeat/node-1.log")
             .exists()
     );
 }

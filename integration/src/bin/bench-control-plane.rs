@@ -18,15 +18,17 @@
 //!    the 409s meanwhile.
 //!
 //! It writes `control-plane.md`, `.json` and `.svg` to `--out-dir` and the
-//! lab logs of each case under `control-plane-logs/`. Modes the agent does
-//! not offer (no `--l2-announcements-election` in `run --help`) are
-//! reported as skipped, except `per-service`, which then runs without the
-//! flag. Nothing here is a pass/fail check. Needs root and bpffs.
+//! lab logs of each case under `control-plane-logs/`. Every mode is passed
+//! to the agents as `--l2-announcements-election=<mode>`. Who holds what is
+//! read where the mode keeps it: the assignment record and the heartbeats
+//! in `node-heartbeat` mode (its per-Service Leases are a lazy mirror,
+//! counted separately), the per-Service Leases otherwise. Nothing here is a
+//! pass/fail check. Needs root and bpffs.
 
+use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
@@ -36,9 +38,11 @@ use integration::control_plane_bench::{
     self as measure, CaseResult, CaseStatus, Convergence, Dist, Failover, NewServices, ProcUsage,
     Report, RequestSummary, RunInfo, Steady, proc_sample, secs_between,
 };
-use integration::lab::{INTERRUPTED, LabError, in_netns, install_interrupt_handler};
-use integration::ndp_sweep::{ETH_P_IPV6, NdpSweep, SweepRates};
-use integration::probe::{PacketSocket, monotonic_ns};
+use integration::lab::{LEASE_NAMESPACE, LabError, record_holders};
+use integration::ndp_sweep::{NdpSweep, SweepRates, SweepSocket};
+use integration::netns::run_in;
+use integration::poll::{WaitError, install_interrupt_handler, interrupted};
+use integration::probe::monotonic_ns;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -63,8 +67,14 @@ struct Args {
     /// Nodes; the last one is a control-plane node the policy leaves out.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// Election modes (`--l2-announcements-election` values).
-    #[arg(long, value_delimiter = ',', default_values = ["node-heartbeat", "per-service", "client-go"])]
+    /// Election modes, each passed as `--l2-announcements-election=<mode>`
+    /// (`client-go` is the agent's hidden baseline emulation).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = ["node-heartbeat", "per-service", "client-go"],
+        default_values = ["node-heartbeat", "per-service", "client-go"]
+    )]
     modes: Vec<String>,
     /// The agents' --k8s-client-qps.
     #[arg(long, default_value_t = 5.0)]
@@ -224,17 +234,19 @@ async fn create_services(
         .await
 }
 
-/// The holders of the bench's per-Service Leases, and how many Leases name
-/// a holder but were not renewed within their duration.
-async fn list_lease_holders(client: kube::Client) -> Result<(Vec<String>, usize), LabError> {
-    let leases = Api::<Lease>::namespaced(client, "kube-system")
+/// The bench's Services per node the per-Service Leases name as holder,
+/// and how many of those Leases were not renewed within their duration.
+async fn per_service_lease_holders(
+    client: kube::Client,
+) -> Result<(BTreeMap<String, usize>, usize), LabError> {
+    let leases = Api::<Lease>::namespaced(client, LEASE_NAMESPACE)
         .list(&ListParams::default())
         .await
         .map_err(|e| LabError::Api(e.to_string()))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    let mut holders = Vec::new();
+    let mut holders = BTreeMap::new();
     let mut expired = 0;
     for l in leases.items.into_iter().filter(|l| {
         l.metadata
@@ -254,17 +266,41 @@ async fn list_lease_holders(client: kube::Client) -> Result<(Vec<String>, usize)
         if renewed + duration < now {
             expired += 1;
         }
-        holders.push(holder);
+        *holders.entry(holder).or_default() += 1;
     }
     Ok((holders, expired))
+}
+
+/// The bench's Services per node the node-heartbeat assignment record
+/// gives to a live member.
+async fn assignment_holders(client: kube::Client) -> Result<BTreeMap<String, usize>, LabError> {
+    let claims = record_holders(client)
+        .await
+        .map_err(|e| LabError::Api(e.to_string()))?;
+    let mut holders = BTreeMap::new();
+    for (_, node) in claims
+        .into_iter()
+        .filter(|(claim, _)| claim.starts_with("default/bench-"))
+    {
+        *holders.entry(node).or_default() += 1;
+    }
+    Ok(holders)
+}
+
+/// Whether `e` is the end of a wait by Ctrl-C.
+fn is_interrupted(e: &LabError) -> bool {
+    matches!(e, LabError::Wait(WaitError::Interrupted { .. }))
 }
 
 /// Sleeps `d` in short slices; an error once Ctrl-C was pressed.
 fn pause(d: Duration) -> Result<(), LabError> {
     let end = Instant::now() + d;
     loop {
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            return Err(LabError::Interrupted);
+        if interrupted() {
+            return Err(WaitError::Interrupted {
+                what: "the benchmark".into(),
+            }
+            .into());
         }
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -305,15 +341,9 @@ struct Bins {
 }
 
 /// One (N, mode) case: fresh lab, the four phases, logs saved.
-fn run_case(
-    args: &Args,
-    bins: &Bins,
-    n: usize,
-    mode: &str,
-    election_flag: bool,
-) -> Result<CaseResult, LabError> {
+fn run_case(args: &Args, bins: &Bins, n: usize, mode: &str) -> Result<CaseResult, LabError> {
     let started = Instant::now();
-    let mut result = CaseResult::empty(n, mode, election_flag, CaseStatus::Ran);
+    let mut result = CaseResult::empty(n, mode, CaseStatus::Ran);
     let (lease, renew, retry) = args.timings;
     let mut lab = BenchLab::up(BenchLabConfig {
         nodes: args.nodes,
@@ -325,7 +355,7 @@ fn run_case(
             retry_period: retry,
             qps: args.qps,
             burst: args.burst,
-            election: election_flag.then(|| mode.to_string()),
+            election: mode.to_string(),
         },
     })?;
     let outcome = phases(args, &mut lab, n, &mut result);
@@ -340,7 +370,7 @@ fn run_case(
     result.duration_s = started.elapsed().as_secs_f64();
     match outcome {
         Ok(()) => Ok(result),
-        Err(LabError::Interrupted) => Err(LabError::Interrupted),
+        Err(e) if is_interrupted(&e) => Err(e),
         Err(e) => {
             result.status = CaseStatus::Failed(e.to_string());
             Ok(result)
@@ -360,7 +390,7 @@ fn phases(
         watch_pps: args.watch_rate,
         watch_min_period: args.watch_period,
     };
-    let sock = in_netns(&lab.client_netns, || PacketSocket::open("eth0", ETH_P_IPV6))??;
+    let sock = run_in(&lab.client_netns, || SweepSocket::open("eth0"))??;
     let mut sweep = NdpSweep::start(sock, CLIENT_V6, rates);
     lab.start_agents()?;
     lab.wait_ready(Duration::from_secs(60))?;
@@ -455,7 +485,7 @@ fn phases(
     }
     for mac in last_macs.iter().flatten() {
         let name = lab.node_by_mac(*mac).map_or_else(
-            || integration::netns::format_mac(*mac),
+            || integration::mac::format(*mac),
             |i| lab.nodes[i].name.clone(),
         );
         *placement.entry(name).or_default() += 1;
@@ -472,11 +502,20 @@ fn phases(
             })
             .fold(0.0, f64::max)
     });
-    let mut lease_holders = std::collections::BTreeMap::new();
-    let (holders, leases_expired) = lab.block_on(list_lease_holders(client.clone()))??;
-    for h in holders {
-        *lease_holders.entry(h).or_default() += 1;
-    }
+    // Who holds what, where the mode keeps it.
+    let (lease_holders, leases_expired) =
+        lab.block_on(per_service_lease_holders(client.clone()))??;
+    let (holder_source, holders, leases_expired) = if result.mode == "node-heartbeat" {
+        // The per-Service Leases are a lazy, unrenewed mirror here.
+        let holders = lab.block_on(assignment_holders(client.clone()))??;
+        ("assignment record", holders, None)
+    } else {
+        (
+            "per-Service Leases",
+            lease_holders.clone(),
+            Some(leases_expired),
+        )
+    };
     let processes = pids
         .iter()
         .zip(p0.iter().zip(p1.iter()))
@@ -496,6 +535,8 @@ fn phases(
         answered_by_several: several,
         placement,
         imbalance_pct,
+        holder_source: holder_source.into(),
+        holders,
         lease_holders,
         leases_expired,
         processes,
@@ -713,8 +754,6 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         agent: bin_next_to_me(&args.agent_bin, "l2announcer")?,
         apiserver: bin_next_to_me(&args.apiserver_bin, "test-apiserver")?,
     };
-    let help = command_output(Command::new(&bins.agent).args(["run", "--help"]));
-    let has_flag = help.contains("--l2-announcements-election");
     let (lease, renew, retry) = args.timings;
     let info = RunInfo {
         started: command_output(Command::new("date").arg("-u").arg("+%Y-%m-%dT%H:%M:%SZ")),
@@ -736,7 +775,6 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         sweep_pps: args.sweep_rate,
         watch_pps: args.watch_rate,
         watch_min_period_s: args.watch_period.as_secs_f64(),
-        agent_has_election_flag: has_flag,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let started = Instant::now();
@@ -745,39 +783,28 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         cases: Vec::new(),
         total_s: 0.0,
     };
-    let mut interrupted = false;
+    let mut stopped = false;
     'cases: for &n in &args.services {
         for mode in &args.modes {
-            if INTERRUPTED.load(Ordering::SeqCst) {
-                interrupted = true;
+            if interrupted() {
+                stopped = true;
                 break 'cases;
             }
-            if !has_flag && mode != "per-service" {
-                tracing::warn!(mode = %mode, "the agent has no --l2-announcements-election: skipped");
-                report.cases.push(CaseResult::empty(
-                    n,
-                    mode,
-                    false,
-                    CaseStatus::Skipped("the agent has no --l2-announcements-election".into()),
-                ));
-                continue;
-            }
             tracing::info!(services = n, mode = %mode, "case");
-            match run_case(args, &bins, n, mode, has_flag) {
+            match run_case(args, &bins, n, mode) {
                 Ok(r) => {
                     if let CaseStatus::Failed(e) = &r.status {
                         tracing::error!(services = n, mode = %mode, error = %e, "case failed");
                     }
                     report.cases.push(r);
                 }
-                Err(LabError::Interrupted) => {
-                    interrupted = true;
+                Err(e) if is_interrupted(&e) => {
+                    stopped = true;
                     break 'cases;
                 }
                 Err(e) => report.cases.push(CaseResult::empty(
                     n,
                     mode,
-                    has_flag,
                     CaseStatus::Failed(e.to_string()),
                 )),
             }
@@ -785,7 +812,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     }
     report.total_s = started.elapsed().as_secs_f64();
     write_report(args, &report)?;
-    if interrupted {
+    if stopped {
         eprintln!("bench-control-plane: interrupted; the report holds the cases that finished");
         return Ok(ExitCode::from(130));
     }
