@@ -3,12 +3,15 @@
 //! chaos suite and benchmarks.
 /// The test Kubernetes API server (its own package, `kube-test-apiserver`).
 pub use kube_test_apiserver as apiserver;
+pub mod bench_lab;
 pub mod chaos;
+pub mod control_plane_bench;
 pub mod controlplane;
 pub mod datapath_lab;
 pub mod http;
 pub mod lab;
 pub mod mac;
+pub mod ndp_sweep;
 pub mod netns;
 pub mod ns_probe;
 pub mod pcap;

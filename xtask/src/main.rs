@@ -61,7 +61,8 @@ fn main() -> ExitCode {
                                             the virtual LAN demo and its pieces\n  \
                  chaos [--minutes N] [--seed S] [--short]\n  \
                                             faults in a lab, one answerer per IP checked\n  \
-                 bench [statedb|datapath]   benchmarks\n  \
+                 bench [statedb|datapath|control-plane [-- flags]]\n  \
+                                            benchmarks\n  \
                  fuzz [--cases N] [--seed S] the datapath against its model, N cases per\n  \
                                             program (default 1000000), release build\n  \
                  image [--tag TAG] [--debug]\n  \
@@ -284,12 +285,42 @@ fn bench(args: &[String]) -> Result {
         ]);
         run(c.args(extra))
     };
+    // Release builds of the agent, the test API server and the bench; the
+    // report goes to target/bench/control-plane.{md,json,svg}. Root.
+    let control_plane = |extra: &[String]| {
+        run(cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "l2announcer",
+            "-p",
+            "kube-test-apiserver",
+            "-p",
+            "integration",
+            "--bin",
+            "l2announcer",
+            "--bin",
+            "test-apiserver",
+            "--bin",
+            "bench-control-plane",
+        ]))?;
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"));
+        let mut c = Command::new(target.join("release").join("bench-control-plane"));
+        c.arg("--out-dir")
+            .arg(target.join("bench"))
+            .args(extra.iter().filter(|a| a.as_str() != "--"))
+            .current_dir(workspace_root());
+        run(&mut c)
+    };
     match args.first().map(String::as_str) {
         None => statedb().and_then(|()| datapath(&[])),
         Some("statedb") => statedb(),
         Some("datapath") => datapath(&args[1..]),
+        Some("control-plane") => control_plane(&args[1..]),
         Some(other) => Err(format!(
-            "unknown benchmark {other:?}; known: statedb, datapath"
+            "unknown benchmark {other:?}; known: statedb, datapath, control-plane"
         )),
     }
 }

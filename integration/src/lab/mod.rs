@@ -379,36 +379,11 @@ impl Lab {
     /// `default/<service>`, when that node is a member under the assigned
     /// epoch.
     pub fn record_holder(&self, service: &str) -> Result<Option<String>, LabError> {
-        use actors::lease::heartbeat::{
-            HEARTBEAT_LABEL, RECORD_LABEL, heartbeat_of, shard_of_configmap,
-        };
-        use k8s_openapi::api::core::v1::ConfigMap;
-        let client = self.client();
-        let (shards, heartbeats) = self
+        let holders = self
             .rt
-            .block_on(async move {
-                let lp = |l: &str| kube::api::ListParams::default().labels(l);
-                let cms = Api::<ConfigMap>::namespaced(client.clone(), LEASE_NAMESPACE)
-                    .list(&lp(RECORD_LABEL))
-                    .await?;
-                let hbs = Api::<Lease>::namespaced(client, LEASE_NAMESPACE)
-                    .list(&lp(HEARTBEAT_LABEL))
-                    .await?;
-                Ok::<_, kube::Error>((cms.items, hbs.items))
-            })
+            .block_on(record_holders(self.client()))
             .map_err(objects::api_err)?;
-        let claim = format!("default/{service}");
-        let Some(a) = shards
-            .iter()
-            .find_map(|cm| shard_of_configmap(cm).get(&claim).cloned())
-        else {
-            return Ok(None);
-        };
-        let live = heartbeats.iter().any(|l| {
-            let hb = heartbeat_of(l);
-            hb.member(&a.node) && hb.epoch == a.epoch
-        });
-        Ok(live.then_some(a.node))
+        Ok(holders.get(&format!("default/{service}")).cloned())
     }
 
     /// Waits until `service` is held by someone other than `not` (any
@@ -577,6 +552,37 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// Every claim (`<namespace>/<service>`, a shared IP's group under its
+/// first Service) the node-heartbeat assignment record gives to a node
+/// that is a member under the assigned epoch, with that node: who answers
+/// in node-heartbeat mode. One list of the record's ConfigMaps and one of
+/// the heartbeat Leases.
+pub async fn record_holders(client: kube::Client) -> Result<BTreeMap<String, String>, kube::Error> {
+    use actors::lease::heartbeat::{
+        HEARTBEAT_LABEL, RECORD_LABEL, heartbeat_of, shard_of_configmap,
+    };
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let lp = |l: &str| kube::api::ListParams::default().labels(l);
+    let shards = Api::<ConfigMap>::namespaced(client.clone(), LEASE_NAMESPACE)
+        .list(&lp(RECORD_LABEL))
+        .await?;
+    let heartbeats = Api::<Lease>::namespaced(client, LEASE_NAMESPACE)
+        .list(&lp(HEARTBEAT_LABEL))
+        .await?;
+    let heartbeats: Vec<_> = heartbeats.items.iter().map(heartbeat_of).collect();
+    Ok(shards
+        .items
+        .iter()
+        .flat_map(shard_of_configmap)
+        .filter(|(_, a)| {
+            heartbeats
+                .iter()
+                .any(|hb| hb.member(&a.node) && hb.epoch == a.epoch)
+        })
+        .map(|(claim, a)| (claim, a.node))
+        .collect())
 }
 
 /// What singles out `node`'s agent in a User-Agent

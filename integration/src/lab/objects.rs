@@ -46,8 +46,16 @@ fn already_exists(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-/// Creates every object on the lab's API server.
-pub(super) fn apply(rt: &tokio::runtime::Runtime, client: &kube::Client) -> Result<(), LabError> {
+/// Creates what every lab cluster has: deploy/'s CRD, the namespace
+/// `kube-system`, Nodes `node-1..node-<nodes>` of which the last carries
+/// `node-role.kubernetes.io/control-plane` (so the reference policy never
+/// selects it), and the reference policy. The lab adds its two Services;
+/// the control-plane benchmark (crate::bench_lab) its own.
+pub fn apply_cluster(
+    rt: &tokio::runtime::Runtime,
+    client: &kube::Client,
+    nodes: usize,
+) -> Result<(), LabError> {
     let pp = PostParams::default();
     rt.block_on(async {
         let crd: CustomResourceDefinition = serde_yaml::from_str(CRD_YAML).map_err(api_err)?;
@@ -64,12 +72,12 @@ pub(super) fn apply(rt: &tokio::runtime::Runtime, client: &kube::Client) -> Resu
         {
             return Err(api_err(e));
         }
-        for i in 1..=NODES {
+        for i in 1..=nodes {
             let mut labels = serde_json::json!({
                 "kubernetes.io/hostname": format!("node-{i}"),
                 "kubernetes.io/os": "linux",
             });
-            if i == NODES {
+            if i == nodes {
                 labels["node-role.kubernetes.io/control-plane"] = serde_json::json!("");
             }
             let node: Node = serde_json::from_value(serde_json::json!({
@@ -98,6 +106,13 @@ pub(super) fn apply(rt: &tokio::runtime::Runtime, client: &kube::Client) -> Resu
             }
         },
     )?;
+    Ok(())
+}
+
+/// Creates every object on the lab's API server.
+pub(super) fn apply(rt: &tokio::runtime::Runtime, client: &kube::Client) -> Result<(), LabError> {
+    let pp = PostParams::default();
+    apply_cluster(rt, client, NODES)?;
     rt.block_on(async {
         let services = Api::<Service>::namespaced(client.clone(), "default");
         for yaml in [LB_YAML, EXT_YAML] {
