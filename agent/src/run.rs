@@ -113,7 +113,13 @@ async fn start_actors(
         match pod_config(config) {
             Some(pods) => {
                 let (client, _) = kube_client(config, metrics).await?;
-                start_pod_announcements(client, db, pods, Box::new(SocketSender), metrics.clone())?;
+                start_pod_announcements(
+                    client,
+                    db,
+                    pods,
+                    Box::new(SocketSender::default()),
+                    metrics.clone(),
+                )?;
                 info!(
                     "L2 announcements disabled (--enable-l2-announcements=false): tracking devices and announcing pods only"
                 );
@@ -182,7 +188,7 @@ async fn start_actors(
     }
     let control_plane = builder.start(
         responder,
-        SocketSender,
+        SocketSender::default(),
         AnnouncerOptions {
             mode,
             gratuitous: gratuitous_config(config),

@@ -21,7 +21,7 @@ mod pinned;
 mod responder;
 mod sys;
 
-pub use garp::{GratuitousError, send_gratuitous_arp, send_unsolicited_na};
+pub use garp::{GratuitousError, GratuitousSockets, send_gratuitous_arp, send_unsolicited_na};
 pub use maps::{LEASE_FENCE_SLOTS, MacAddr, RESPONDER_MAX_ENTRIES};
 pub use pinned::PinnedMaps;
 pub use responder::{

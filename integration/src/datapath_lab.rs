@@ -421,7 +421,7 @@ fn agent_thread(
             &db,
             run,
             responder,
-            SocketSender,
+            SocketSender::default(),
             AnnouncerOptions {
                 mode: config.mode,
                 gratuitous: config.gratuitous,

@@ -96,15 +96,16 @@ pub trait GratuitousSender: Send {
     fn send(&self, ip: IpAddr, ifindex: u32, mac: MacAddr) -> Result<(), bpf::GratuitousError>;
 }
 
-/// The real sender: an AF_PACKET socket per frame (see [`bpf::garp`]).
-#[derive(Debug, Clone, Copy)]
-pub struct SocketSender;
+/// The real sender: AF_PACKET sockets kept open per interface (see
+/// [`bpf::GratuitousSockets`]); clones share them.
+#[derive(Debug, Clone, Default)]
+pub struct SocketSender(Arc<bpf::GratuitousSockets>);
 
 impl GratuitousSender for SocketSender {
     fn send(&self, ip: IpAddr, ifindex: u32, mac: MacAddr) -> Result<(), bpf::GratuitousError> {
         match ip {
-            IpAddr::V4(v4) => bpf::send_gratuitous_arp(ifindex, mac, v4),
-            IpAddr::V6(v6) => bpf::send_unsolicited_na(ifindex, mac, v6),
+            IpAddr::V4(v4) => self.0.send_gratuitous_arp(ifindex, mac, v4),
+            IpAddr::V6(v6) => self.0.send_unsolicited_na(ifindex, mac, v6),
         }
     }
 }
