@@ -28,6 +28,9 @@ use crate::lease::{LeaseObserver, LeaseTiming, lease_for_service};
 use crate::messages::{Campaign, CandidaciesSynced, Leadership, ReleaseAll, Withdraw};
 use crate::tables::{LEASES, LeaseRow};
 
+/// Annotation on a heartbeat whose node is a candidate for no claim
+/// (`"false"`): the others do not wait for its bids.
+pub const CANDIDATE: &str = "l2announcer.io/candidate";
 /// Prefix of the heartbeat Leases: `l2announcer-node-<node>`.
 pub const HEARTBEAT_PREFIX: &str = "l2announcer-node-";
 /// Label marking heartbeat Leases (the watch selects on it).
@@ -139,6 +142,9 @@ impl HeartbeatActor {
         let mut annotations = BTreeMap::new();
         if let Some(by) = &hb.evicted_by {
             annotations.insert(EVICTED_BY.to_string(), by.clone());
+        }
+        if hb.member(&self.config.me) && self.core.idle_here() {
+            annotations.insert(CANDIDATE.to_string(), "false".to_string());
         }
         Lease {
             metadata: ObjectMeta {
@@ -485,6 +491,10 @@ impl StreamHandler<HeartbeatEvent> for HeartbeatActor {
                     return;
                 };
                 let hb = heartbeat_of(&lease);
+                self.core.set_idle(
+                    &node,
+                    lease.annotations().get(CANDIDATE).map(String::as_str) == Some("false"),
+                );
                 if let Some(by) = &hb.evicted_by
                     && *by != self.config.me
                     && self

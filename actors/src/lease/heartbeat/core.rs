@@ -155,9 +155,12 @@ fn older(a: &str, b: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CoreConfig {
     pub timing: LeaseTiming,
-    /// Delay per rank between the bids of the nodes for one claim, and
-    /// between the evictors of one node.
+    /// Delay per rank between the evictors of one node.
     pub rank_step: Duration,
+    /// Delay per rank between the bids of the nodes for one claim: long
+    /// enough that the winner, seeing a new Service a little later than
+    /// the others (a thousand created at once), still bids first.
+    pub bid_step: Duration,
     /// How long pending record changes of a shard wait for more to join
     /// the same write.
     pub batch_delay: Duration,
@@ -168,6 +171,7 @@ impl CoreConfig {
         CoreConfig {
             timing,
             rank_step: Duration::from_millis(20),
+            bid_step: (timing.retry_period / 4).max(Duration::from_millis(20)),
             batch_delay: Duration::from_millis(20),
         }
     }
@@ -217,6 +221,10 @@ pub struct HeartbeatCore {
     releasing: BTreeMap<u32, Vec<String>>,
     /// When each node was last seen renewing (a new member version).
     last_renewal: BTreeMap<String, Instant>,
+    /// Nodes whose heartbeat says they are a candidate for no claim at
+    /// all: left out of the bid ranking, so that the nodes that are bid
+    /// without waiting for them.
+    idle: BTreeSet<String>,
     /// Evictions this node performed and observed (for metrics).
     pub evictions_performed: u64,
 }
@@ -246,6 +254,7 @@ impl HeartbeatCore {
             released: BTreeSet::new(),
             releasing: BTreeMap::new(),
             last_renewal: BTreeMap::new(),
+            idle: BTreeSet::new(),
             evictions_performed: 0,
         }
     }
@@ -330,6 +339,21 @@ impl HeartbeatCore {
     /// claim assigned here that is not eligible is released.
     pub fn eligibility_synced(&mut self) {
         self.eligibility_synced = true;
+    }
+
+    /// Whether `node`'s heartbeat says it is a candidate for no claim.
+    pub fn set_idle(&mut self, node: &str, idle: bool) {
+        if idle {
+            self.idle.insert(node.to_string());
+        } else {
+            self.idle.remove(node);
+        }
+    }
+
+    /// Whether this node is a candidate for no claim at all (said in its
+    /// heartbeat once its eligibility is known).
+    pub fn idle_here(&self) -> bool {
+        self.eligibility_synced && self.eligible.is_empty()
     }
 
     /// This node is no longer eligible for `claim`.
@@ -723,9 +747,13 @@ impl HeartbeatCore {
             None => TakeReason::New,
         };
         let since = *self.free_since.entry(claim.to_string()).or_insert(now);
-        let ranked = self.ranked(claim, None);
+        let ranked: Vec<&str> = self
+            .ranked(claim, None)
+            .into_iter()
+            .filter(|n| *n == self.me || !self.idle.contains(*n))
+            .collect();
         let rank = ranked.iter().position(|n| *n == self.me)?;
-        let due = since + self.config.rank_step * u32::try_from(rank).unwrap_or(u32::MAX);
+        let due = since + self.config.bid_step * u32::try_from(rank).unwrap_or(u32::MAX);
         (now >= due).then_some(reason)
     }
 

@@ -184,3 +184,33 @@ fn release_closes_the_fence_before_the_record_is_written() {
         "{a:?}"
     );
 }
+
+#[test]
+fn a_node_that_is_a_candidate_for_nothing_is_not_waited_for() {
+    let t0 = Instant::now();
+    // A claim for which the other member outranks node-a.
+    let claim = (0..100)
+        .map(|i| format!("ns/svc-{i}"))
+        .find(|k| rendezvous::rank(k, ["node-a", "node-c"])[0] == "node-c")
+        .expect("a claim node-c outranks");
+    let bids_at = |idle: bool| {
+        let mut c = core("node-a");
+        c.observe_heartbeat("node-c", Some((hb("node-c", 1), "5".into())), t0);
+        c.set_idle("node-c", idle);
+        c.campaign(&claim, vec![claim.clone()]);
+        c.tick(t0);
+        c.heartbeat_written(Some((hb("node-a", 1), "1".into())), t0, t0);
+        (0..=40)
+            .map(|ms| t0 + Duration::from_millis(ms * 5))
+            .find(|t| {
+                c.tick(*t)
+                    .iter()
+                    .any(|a| matches!(a, Action::WriteShard { .. }))
+            })
+            .map(|t| t - t0)
+    };
+    // node-c would bid first: node-a waits its bid step (50 ms here).
+    assert!(bids_at(false).expect("bids") >= Duration::from_millis(50));
+    // node-c's heartbeat says it is a candidate for nothing: no wait.
+    assert!(bids_at(true).expect("bids") < Duration::from_millis(50));
+}
