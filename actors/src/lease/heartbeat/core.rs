@@ -157,9 +157,12 @@ pub struct CoreConfig {
     pub timing: LeaseTiming,
     /// Delay per rank between the evictors of one node.
     pub rank_step: Duration,
-    /// Delay per rank between the bids of the nodes for one claim: long
-    /// enough that the winner, seeing a new Service a little later than
-    /// the others (a thousand created at once), still bids first.
+    /// Delay per rank between the bids of the nodes for a new claim: a
+    /// retry period, so that the winner still bids first when it sees a
+    /// thousand new Services later than another node does, or loses a
+    /// write race or two while the other writes its own. Claims handed
+    /// off or taken over use `rank_step` (the waiting nodes saw the same
+    /// record change).
     pub bid_step: Duration,
     /// How long pending record changes of a shard wait for more to join
     /// the same write.
@@ -171,7 +174,7 @@ impl CoreConfig {
         CoreConfig {
             timing,
             rank_step: Duration::from_millis(20),
-            bid_step: (timing.retry_period / 4).max(Duration::from_millis(20)),
+            bid_step: timing.retry_period.max(Duration::from_millis(20)),
             batch_delay: Duration::from_millis(20),
         }
     }
@@ -753,7 +756,11 @@ impl HeartbeatCore {
             .filter(|n| *n == self.me || !self.idle.contains(*n))
             .collect();
         let rank = ranked.iter().position(|n| *n == self.me)?;
-        let due = since + self.config.bid_step * u32::try_from(rank).unwrap_or(u32::MAX);
+        let step = match reason {
+            TakeReason::New => self.config.bid_step,
+            _ => self.config.rank_step,
+        };
+        let due = since + step * u32::try_from(rank).unwrap_or(u32::MAX);
         (now >= due).then_some(reason)
     }
 
