@@ -40,7 +40,9 @@ use crate::lease::heartbeat::{HeartbeatActor, HeartbeatConfig};
 use crate::lease::{
     ElectionMode, LeaseActor, LeaseConfig, LeaseObserver, LeaseTiming, NoLeaseObserver,
 };
-use crate::messages::{Campaign, CandidaciesSynced, ReleaseAll, SelectedDevices, Withdraw};
+use crate::messages::{
+    Campaign, CandidaciesSynced, NodeSelected, ReleaseAll, SelectedDevices, Withdraw,
+};
 use crate::pods::{NoPodObserver, PodActor, PodConfig, PodObserver};
 use crate::policy::{NoPolicyObserver, PolicyActor, PolicyObserver};
 use crate::service::{
@@ -87,12 +89,14 @@ where
         + Handler<Campaign>
         + Handler<Withdraw>
         + Handler<CandidaciesSynced>
+        + Handler<NodeSelected>
         + Handler<ReleaseAll>,
 {
     let recipients = ElectionRecipients {
         campaign: addr.clone().recipient(),
         withdraw: addr.clone().recipient(),
         synced: addr.clone().recipient(),
+        selected: addr.clone().recipient(),
     };
     (recipients, addr.recipient())
 }

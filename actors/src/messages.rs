@@ -13,6 +13,14 @@ pub struct Campaign {
     pub members: Vec<String>,
 }
 
+/// ServiceActor -> election: whether a valid policy selects this node at
+/// all (its node selector). The heartbeat election says so in the node's
+/// heartbeat, so that others do not wait for the bids of a node that is a
+/// candidate for nothing.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct NodeSelected(pub bool);
+
 /// ServiceActor -> election: the first full evaluation is done; every
 /// claim this node is eligible for has been campaigned for.
 #[derive(Debug, Clone, Message)]

@@ -27,7 +27,9 @@ use super::election::{Decision, Election, LeaseRecord, LeaseTiming, lease_name};
 use crate::announce::Fences;
 use crate::k8s::client::ClientBudget;
 use crate::k8s::reflect::{is_listed, reflected};
-use crate::messages::{Campaign, CandidaciesSynced, Leadership, ReleaseAll, Withdraw};
+use crate::messages::{
+    Campaign, CandidaciesSynced, Leadership, NodeSelected, ReleaseAll, Withdraw,
+};
 use crate::tables::{LEASES, LeaseRow};
 
 /// Prefix of every lease this agent manages.
@@ -875,6 +877,12 @@ impl Handler<ReleaseAll> for LeaseActor {
         };
         Box::pin(all.into_actor(self))
     }
+}
+
+/// Per-service mode has no heartbeat to say it in.
+impl Handler<NodeSelected> for LeaseActor {
+    type Result = ();
+    fn handle(&mut self, _: NodeSelected, _ctx: &mut Context<Self>) {}
 }
 
 #[cfg(test)]

@@ -35,7 +35,8 @@ use super::selection::{
 };
 use crate::RunId;
 use crate::messages::{
-    Campaign, CandidaciesSynced, Leadership, PolicyState, PolicyStates, SelectedDevices, Withdraw,
+    Campaign, CandidaciesSynced, Leadership, NodeSelected, PolicyState, PolicyStates,
+    SelectedDevices, Withdraw,
 };
 use crate::policy::CompiledPolicy;
 use crate::tables::{L2_ANNOUNCE, L2_ANNOUNCE_BY_CLAIM, L2AnnounceRow, POLICIES, PolicyRow};
@@ -113,6 +114,9 @@ pub struct ServiceActor {
     campaign: Recipient<Campaign>,
     withdraw: Recipient<Withdraw>,
     synced: Recipient<CandidaciesSynced>,
+    selected: Recipient<NodeSelected>,
+    /// What was last said on `selected`.
+    node_selected: Option<bool>,
     observer: Arc<dyn AnnounceObserver>,
 }
 
@@ -121,6 +125,7 @@ pub struct ElectionRecipients {
     pub campaign: Recipient<Campaign>,
     pub withdraw: Recipient<Withdraw>,
     pub synced: Recipient<CandidaciesSynced>,
+    pub selected: Recipient<NodeSelected>,
 }
 
 impl ServiceActor {
@@ -164,6 +169,8 @@ impl ServiceActor {
             campaign: election.campaign,
             withdraw: election.withdraw,
             synced: election.synced,
+            selected: election.selected,
+            node_selected: None,
             observer,
         })
     }
@@ -227,6 +234,11 @@ impl ServiceActor {
                 .collect(),
         };
         let node = self.node_view();
+        let selected = self.compiled.iter().any(|p| p.selects_node(&node.labels));
+        if self.node_selected != Some(selected) {
+            self.node_selected = Some(selected);
+            self.selected.do_send(NodeSelected(selected));
+        }
         let mut claims: BTreeSet<String> = BTreeSet::new();
         for key in &keys {
             let view = self.view(key);

@@ -25,7 +25,9 @@ use super::core::{Action, CoreConfig, Heartbeat, HeartbeatCore, SHARDS, Shard};
 use super::mirror::Mirror;
 use crate::announce::Fences;
 use crate::lease::{LeaseObserver, LeaseTiming, lease_for_service};
-use crate::messages::{Campaign, CandidaciesSynced, Leadership, ReleaseAll, Withdraw};
+use crate::messages::{
+    Campaign, CandidaciesSynced, Leadership, NodeSelected, ReleaseAll, Withdraw,
+};
 use crate::tables::{LEASES, LeaseRow};
 
 /// Annotation on a heartbeat whose node is a candidate for no claim
@@ -559,6 +561,13 @@ impl Handler<Withdraw> for HeartbeatActor {
         // Close and release at once rather than at the next tick.
         let actions = self.core.tick(Instant::now());
         self.execute(ctx, actions);
+    }
+}
+
+impl Handler<NodeSelected> for HeartbeatActor {
+    type Result = ();
+    fn handle(&mut self, msg: NodeSelected, _ctx: &mut Context<Self>) {
+        self.core.set_selected_here(msg.0);
     }
 }
 

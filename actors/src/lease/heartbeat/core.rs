@@ -228,6 +228,8 @@ pub struct HeartbeatCore {
     /// all: left out of the bid ranking, so that the nodes that are bid
     /// without waiting for them.
     idle: BTreeSet<String>,
+    /// Whether a policy selects this node at all (unknown: true).
+    selected_here: bool,
     /// Evictions this node performed and observed (for metrics).
     pub evictions_performed: u64,
 }
@@ -258,6 +260,7 @@ impl HeartbeatCore {
             releasing: BTreeMap::new(),
             last_renewal: BTreeMap::new(),
             idle: BTreeSet::new(),
+            selected_here: true,
             evictions_performed: 0,
         }
     }
@@ -353,10 +356,15 @@ impl HeartbeatCore {
         }
     }
 
-    /// Whether this node is a candidate for no claim at all (said in its
-    /// heartbeat once its eligibility is known).
+    /// Whether a valid policy selects this node (its node selector).
+    pub fn set_selected_here(&mut self, selected: bool) {
+        self.selected_here = selected;
+    }
+
+    /// Whether this node is a candidate for no claim at all, whatever
+    /// Services come (said in its heartbeat): no policy selects it.
     pub fn idle_here(&self) -> bool {
-        self.eligibility_synced && self.eligible.is_empty()
+        !self.selected_here && self.eligible.is_empty()
     }
 
     /// This node is no longer eligible for `claim`.
