@@ -311,6 +311,7 @@ impl HeartbeatActor {
             let now = Instant::now();
             let seen = match result {
                 Ok(cm) => {
+                    debug!(shard, taken = taken.len(), "record written");
                     for (claim, reason) in &taken {
                         let takeover = match reason {
                             super::core::TakeReason::Takeover { last_renewal } => {
@@ -551,6 +552,7 @@ impl Handler<Campaign> for HeartbeatActor {
     type Result = ();
     fn handle(&mut self, msg: Campaign, _ctx: &mut Context<Self>) {
         self.core.campaign(&msg.service, msg.members);
+        tracing::trace!(claim = %msg.service, "campaigning");
     }
 }
 

@@ -501,10 +501,15 @@ impl HeartbeatCore {
                 self.observe_shard(shard, Some((value, rv)), now);
             }
             None => {
-                let stale = sent_rv
-                    .or_else(|| self.shards.get(&shard).map(|s| s.rv.clone()))
-                    .unwrap_or_default();
-                self.refused.insert(shard, (stale, now));
+                // Refused because of a version this view already shows (the
+                // watch is often faster than the refusal): write again at
+                // once. Otherwise wait for a newer version, or a retry
+                // period at most (a failed request may have changed nothing).
+                let sent = sent_rv.unwrap_or_default();
+                let seen = self.shards.get(&shard).map(|s| s.rv.as_str());
+                if seen.unwrap_or_default() == sent {
+                    self.refused.insert(shard, (sent, now));
+                }
             }
         }
         let mut out = Vec::new();
