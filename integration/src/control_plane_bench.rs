@@ -133,6 +133,16 @@ pub fn is_write(r: &RequestRate) -> bool {
     ) && (200..300).contains(&r.code)
 }
 
+/// Writes of the election itself: heartbeats and the assignment record in
+/// `node-heartbeat` mode, the per-Service Leases otherwise (created and
+/// updated). The rest is deferred work of the Services' creation: mirror
+/// Leases (patched, deleted), Service conditions, Events.
+pub fn is_election_write(r: &RequestRate) -> bool {
+    is_write(r)
+        && (r.resource.starts_with("configmaps")
+            || (r.resource.starts_with("leases") && matches!(r.verb.as_str(), "create" | "update")))
+}
+
 /// What the API server saw from the agents over a window.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RequestSummary {
@@ -141,6 +151,8 @@ pub struct RequestSummary {
     pub requests_per_s: f64,
     pub writes: u64,
     pub writes_per_s: f64,
+    /// Of the writes, the election's own ([`is_election_write`]).
+    pub election_writes_per_s: f64,
     /// Answered 409 Conflict.
     pub conflicts: u64,
     pub by_verb: Vec<RequestRate>,
@@ -161,6 +173,12 @@ impl RequestSummary {
             requests_per_s: requests as f64 / secs.max(1e-9),
             writes,
             writes_per_s: writes as f64 / secs.max(1e-9),
+            election_writes_per_s: by_verb
+                .iter()
+                .filter(|r| is_election_write(r))
+                .map(|r| r.count)
+                .sum::<u64>() as f64
+                / secs.max(1e-9),
             conflicts: by_verb
                 .iter()
                 .filter(|r| r.code == 409)
@@ -391,6 +409,9 @@ pub enum CaseStatus {
 pub struct CaseResult {
     pub services: usize,
     pub mode: String,
+    /// The agents' client rate in this case.
+    pub qps: f64,
+    pub burst: u32,
     pub status: CaseStatus,
     pub duration_s: f64,
     pub convergence: Option<Convergence>,
@@ -406,6 +427,8 @@ impl CaseResult {
         CaseResult {
             services,
             mode: mode.into(),
+            qps: 0.0,
+            burst: 0,
             status,
             duration_s: 0.0,
             convergence: None,
@@ -524,7 +547,11 @@ pub fn markdown(r: &Report) -> String {
     let cols: Vec<&CaseResult> = r.cases.iter().collect();
     let _ = write!(s, "| measure |");
     for c in &cols {
-        let _ = write!(s, " {} × {} |", c.services, c.mode);
+        let _ = write!(s, " {} × {}", c.services, c.mode);
+        if (c.qps, c.burst) != (i.qps, i.burst) && c.qps > 0.0 {
+            let _ = write!(s, " (qps {} / burst {})", c.qps, c.burst);
+        }
+        s.push_str(" |");
     }
     let _ = write!(s, "\n|---|");
     for _ in &cols {
@@ -590,6 +617,27 @@ pub fn markdown(r: &Report) -> String {
     row(&mut s, "**steady: writes/s**", &|c| {
         st(c, |v| format!("**{:.2}**", v.requests.writes_per_s))
     });
+    row(
+        &mut s,
+        "**steady: election writes/s** (heartbeats, record; per-Service Leases)",
+        &|c| {
+            st(c, |v| {
+                format!("**{:.2}**", v.requests.election_writes_per_s)
+            })
+        },
+    );
+    row(
+        &mut s,
+        "steady: deferred writes/s (mirror Leases, Service conditions, Events)",
+        &|c| {
+            st(c, |v| {
+                format!(
+                    "{:.2}",
+                    v.requests.writes_per_s - v.requests.election_writes_per_s
+                )
+            })
+        },
+    );
     row(&mut s, "steady: by verb resource code, /s", &|c| {
         st(c, |v| {
             v.requests
@@ -739,7 +787,53 @@ pub fn markdown(r: &Report) -> String {
     });
     row(&mut s, "notes", &|c| c.notes.join("<br>"));
     row(&mut s, "case duration", &|c| dur(Some(c.duration_s)));
+    ratios(r, &mut s);
     s
+}
+
+/// Steady writes of each mode against the baselines of the same N.
+fn ratios(r: &Report, s: &mut String) {
+    let steady = |n: usize, mode: &str| {
+        r.cases
+            .iter()
+            .find(|c| c.services == n && c.mode == mode)
+            .and_then(|c| c.steady.as_ref())
+            .map(|v| v.requests.clone())
+    };
+    let mut ns: Vec<usize> = r.cases.iter().map(|c| c.services).collect();
+    ns.dedup();
+    let mut lines = Vec::new();
+    for n in ns {
+        for base in ["client-go-unthrottled", "client-go", "per-service"] {
+            let (Some(b), Some(h)) = (steady(n, base), steady(n, "node-heartbeat")) else {
+                continue;
+            };
+            let ratio = |a: f64, b: f64| {
+                if b > 0.0 {
+                    format!("{:.4} (1/{:.0})", a / b, b / a.max(1e-9))
+                } else {
+                    "— (the baseline wrote nothing)".to_string()
+                }
+            };
+            lines.push(format!(
+                "| {n} | {base} | {} | {} | {} |",
+                ratio(h.election_writes_per_s, b.election_writes_per_s),
+                ratio(h.writes_per_s, b.writes_per_s),
+                ratio(h.requests_per_s, b.requests_per_s),
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n## node-heartbeat against the baselines (steady state, same run)\n\n\
+         | N | baseline | election writes/s | all writes/s | all requests/s |\n|---|---|---|---|---|"
+    );
+    for l in lines {
+        let _ = writeln!(s, "{l}");
+    }
 }
 
 const COLORS: [&str; 6] = [

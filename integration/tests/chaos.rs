@@ -43,6 +43,7 @@ fn short_profile(election: &str) {
         seed,
         profile: Profile::Short,
         work_dir: lab_config.dir.join("chaos"),
+        faults: None,
     };
     let report = chaos::run(&lab, &config);
     let logs = lab.state.log_tails(40);

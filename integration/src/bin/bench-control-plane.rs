@@ -72,10 +72,17 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        value_parser = ["node-heartbeat", "per-service", "client-go"],
-        default_values = ["node-heartbeat", "per-service", "client-go"]
+        value_parser = ["node-heartbeat", "per-service", "client-go", "client-go-unthrottled"],
+        default_values = ["node-heartbeat", "per-service", "client-go", "client-go-unthrottled"]
     )]
     modes: Vec<String>,
+    /// The client rate of `client-go-unthrottled`: the client-go emulation
+    /// with a rate high enough to hold every Lease, the baseline of what
+    /// per-Service leader election costs when it works.
+    #[arg(long, default_value_t = 1000.0)]
+    unthrottled_qps: f64,
+    #[arg(long, default_value_t = 2000)]
+    unthrottled_burst: u32,
     /// The agents' --k8s-client-qps.
     #[arg(long, default_value_t = 5.0)]
     qps: f64,
@@ -345,6 +352,12 @@ fn run_case(args: &Args, bins: &Bins, n: usize, mode: &str) -> Result<CaseResult
     let started = Instant::now();
     let mut result = CaseResult::empty(n, mode, CaseStatus::Ran);
     let (lease, renew, retry) = args.timings;
+    let (election, qps, burst) = match mode {
+        "client-go-unthrottled" => ("client-go", args.unthrottled_qps, args.unthrottled_burst),
+        other => (other, args.qps, args.burst),
+    };
+    result.qps = qps;
+    result.burst = burst;
     let mut lab = BenchLab::up(BenchLabConfig {
         nodes: args.nodes,
         agent_bin: bins.agent.clone(),
@@ -353,9 +366,9 @@ fn run_case(args: &Args, bins: &Bins, n: usize, mode: &str) -> Result<CaseResult
             lease_duration: lease,
             renew_deadline: renew,
             retry_period: retry,
-            qps: args.qps,
-            burst: args.burst,
-            election: mode.to_string(),
+            qps,
+            burst,
+            election: election.to_string(),
         },
     })?;
     let outcome = phases(args, &mut lab, n, &mut result);
@@ -870,7 +883,15 @@ mod tests {
         let a = Args::parse_from(["bench-control-plane"]);
         assert_eq!(a.services, vec![1000, 5000]);
         assert_eq!(a.nodes, 3);
-        assert_eq!(a.modes, vec!["node-heartbeat", "per-service", "client-go"]);
+        assert_eq!(
+            a.modes,
+            vec![
+                "node-heartbeat",
+                "per-service",
+                "client-go",
+                "client-go-unthrottled"
+            ]
+        );
         assert_eq!((a.qps, a.burst), (5.0, 10));
         assert_eq!(
             a.timings,

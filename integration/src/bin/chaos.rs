@@ -4,7 +4,8 @@
 //! from the clock; printed either way), prints the per-fault table and
 //! writes it to `target/chaos/report.md` and `report.json`. `--short`
 //! runs the short profile instead (each fault once); `--election MODE`
-//! runs the agents in that election mode (default: node-heartbeat). Exits 1 when the
+//! runs the agents in that election mode (default: node-heartbeat);
+//! `--faults a,b` injects only those faults (keys: `FaultKind::key`). Exits 1 when the
 //! suite found split brain, a foreign announcement, a gap over its bound or
 //! a fault it could not recover from.
 
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use integration::chaos::faults::FaultKind;
 use integration::chaos::{self, ChaosConfig, Profile};
 use integration::lab::{Lab, LabConfig};
 
@@ -20,6 +22,7 @@ struct Args {
     seed: Option<u64>,
     short: bool,
     election: Option<String>,
+    faults: Option<Vec<FaultKind>>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -28,6 +31,7 @@ fn parse_args() -> Result<Args, String> {
         seed: None,
         short: false,
         election: None,
+        faults: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -41,9 +45,22 @@ fn parse_args() -> Result<Args, String> {
             "--seed" => args.seed = Some(value("--seed")?),
             "--short" => args.short = true,
             "--election" => args.election = Some(it.next().ok_or("--election needs a value")?),
+            "--faults" => {
+                let list = it.next().ok_or("--faults needs a comma list")?;
+                let faults = list
+                    .split(',')
+                    .map(|k| {
+                        FaultKind::from_key(k.trim()).ok_or_else(|| {
+                            let keys: Vec<&str> = FaultKind::ALL.iter().map(|f| f.key()).collect();
+                            format!("--faults: unknown fault {k:?}; known: {}", keys.join(", "))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                args.faults = Some(faults);
+            }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; usage: chaos [--minutes N] [--seed S] [--short] [--election node-heartbeat|per-service]"
+                    "unknown argument {other:?}; usage: chaos [--minutes N] [--seed S] [--short] [--election node-heartbeat|per-service] [--faults a,b]"
                 ));
             }
         }
@@ -99,6 +116,7 @@ fn main() -> ExitCode {
         seed,
         profile,
         work_dir: lab_config.dir.join("chaos"),
+        faults: args.faults.clone(),
     };
     let report = chaos::run(&lab, &config);
     lab.down();

@@ -80,6 +80,27 @@ impl FaultKind {
         FaultKind::LanCarrierLoss,
     ];
 
+    /// Its key on the command line (`chaos --faults a,b`).
+    pub fn key(self) -> &'static str {
+        match self {
+            FaultKind::KillRestartAfterTakeover => "kill-restart",
+            FaultKind::Reboot => "reboot",
+            FaultKind::Freeze => "freeze",
+            FaultKind::CutOffFromApi => "cut-off",
+            FaultKind::ApiPausedForAll => "api-pause",
+            FaultKind::ApiRestart => "api-restart",
+            FaultKind::RollingUpdate => "rolling",
+            FaultKind::RestartWithinLease => "restart-within-lease",
+            FaultKind::LanLinkDown => "link-down",
+            FaultKind::LanCarrierLoss => "carrier-loss",
+        }
+    }
+
+    /// The fault whose [`Self::key`] is `key`.
+    pub fn from_key(key: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|f| f.key() == key)
+    }
+
     /// Its name in reports.
     pub fn name(self) -> &'static str {
         match self {

@@ -17,7 +17,7 @@ use std::time::Instant;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, Preconditions};
 use kube::{Api, ResourceExt};
 use tracing::debug;
 
@@ -28,6 +28,8 @@ use crate::lease::{GC_INTERVAL, LeaseTiming, lease_for_service};
 pub const MIRROR_ANNOTATION: &str = "l2announcer.io/mirror-of";
 /// Its value.
 pub const MIRROR_OF: &str = "node-heartbeat assignment record";
+/// The field manager of mirror writes (server-side apply).
+const FIELD_MANAGER: &str = "l2announcer";
 
 /// A mirror request; its result is the Lease's resourceVersion after it.
 pub type MirrorRequest = Pin<Box<dyn Future<Output = Result<Option<String>, kube::Error>> + Send>>;
@@ -179,16 +181,13 @@ impl Mirror {
             }),
         };
         let api = self.api.clone();
+        // One server-side apply creates the mirror or updates it (a merge
+        // patch on a missing Lease costs a 404 and a create).
         let future = Box::pin(async move {
-            let patch = Patch::Merge(&lease);
-            match api.patch(&name, &PatchParams::default(), &patch).await {
-                Ok(l) => Ok(l.resource_version()),
-                Err(kube::Error::Api(s)) if s.code == 404 => api
-                    .create(&PostParams::default(), &lease)
-                    .await
-                    .map(|l| l.resource_version()),
-                Err(e) => Err(e),
-            }
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            api.patch(&name, &params, &Patch::Apply(&lease))
+                .await
+                .map(|l| l.resource_version())
         });
         MirrorWrite {
             claim,
