@@ -119,7 +119,7 @@ impl<M: ResponderMaps + 'static, G: GratuitousSender> Announcer<M, G> {
         self.refresh_liveness();
         self.reconciler.reconcile_full()?;
         self.reconciler.reconcile_incremental()?;
-        self.announce_due();
+        self.announce_due(true);
         let mut next_full = Instant::now() + self.full_interval;
         let mut next_liveness = Instant::now() + self.liveness_interval;
         loop {
@@ -140,21 +140,38 @@ impl<M: ResponderMaps + 'static, G: GratuitousSender> Announcer<M, G> {
                 }
             };
             let mut devices_changed = false;
+            // Whether anything but a timer woke the loop: only then can a
+            // waiting entry's fence have opened.
+            let mut changed = true;
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 cmd = command => match cmd {
-                    Some(cmd) => self.apply(cmd),
+                    Some(cmd) => {
+                        // Take every command already queued (a takeover
+                        // opens thousands of fences at once): one
+                        // reconcile and one announcement pass for them all.
+                        let mut batch = vec![cmd];
+                        if let Some(rx) = self.commands.as_mut() {
+                            while let Ok(more) = rx.try_recv() {
+                                batch.push(more);
+                            }
+                        }
+                        for cmd in batch {
+                            self.apply(cmd);
+                        }
+                    }
                     None => self.commands = None,
                 },
                 () = self.reconciler.changed() => {}
                 () = self.devices.wait() => devices_changed = true,
-                () = tokio::time::sleep_until(wake.into()) => {}
+                () = tokio::time::sleep_until(wake.into()) => changed = false,
             }
             let now = Instant::now();
             if now >= next_liveness {
                 self.refresh_liveness();
                 next_liveness = now + self.liveness_interval;
+                changed = true;
             }
             if devices_changed && self.devices_changed() {
                 next_full = now;
@@ -162,9 +179,10 @@ impl<M: ResponderMaps + 'static, G: GratuitousSender> Announcer<M, G> {
             if now >= next_full {
                 self.reconciler.reconcile_full()?;
                 next_full = Instant::now() + self.full_interval;
+                changed = true;
             }
             self.reconciler.reconcile_incremental()?;
-            self.announce_due();
+            self.announce_due(changed);
         }
         info!("announcer stopped");
         Ok(())
@@ -248,13 +266,14 @@ impl<M: ResponderMaps + 'static, G: GratuitousSender> Announcer<M, G> {
 
     /// Schedules what the reconciler started answering, then sends what is
     /// due, each after checking entry and fence in the maps.
-    fn announce_due(&mut self) {
+    fn announce_due(&mut self, changed: bool) {
+        let mut started = false;
         for e in self.reconciler.target_mut().take_started() {
             self.schedule.start(e);
+            started = true;
         }
-        if self.schedule.waiting() == 0
-            && self.schedule.next_due().is_none_or(|d| d > Instant::now())
-        {
+        let scan = (changed || started) && self.schedule.waiting() > 0;
+        if !scan && self.schedule.next_due().is_none_or(|d| d > Instant::now()) {
             return;
         }
         let Self {
@@ -271,28 +290,30 @@ impl<M: ResponderMaps + 'static, G: GratuitousSender> Announcer<M, G> {
             .interfaces()
             .map(|(i, n)| (i, n.to_string()))
             .collect();
-        schedule.run(
-            Instant::now(),
-            |ip, ifindex| match datapath.answerable(ip, ifindex, now_ns) {
-                Some(mac) => Check::Send(mac),
-                None if datapath
-                    .entry(ip, ifindex)
-                    .is_some_and(|e| e.claim.is_some()) =>
-                {
-                    Check::Closed
+        let mut check = |ip, ifindex| match datapath.answerable(ip, ifindex, now_ns) {
+            Some(mac) => Check::Send(mac),
+            None if datapath
+                .entry(ip, ifindex)
+                .is_some_and(|e| e.claim.is_some()) =>
+            {
+                Check::Closed
+            }
+            None => Check::Gone,
+        };
+        let mut send = |ip: IpAddr, ifindex, mac| {
+            let name = names.get(&ifindex).map(String::as_str).unwrap_or("?");
+            match sender.send(ip, ifindex, mac) {
+                Ok(()) => observer.gratuitous_sent(ip, name),
+                Err(e) => {
+                    warn!(ip = %ip, interface = name, error = %e, "gratuitous announcement failed")
                 }
-                None => Check::Gone,
-            },
-            |ip: IpAddr, ifindex, mac| {
-                let name = names.get(&ifindex).map(String::as_str).unwrap_or("?");
-                match sender.send(ip, ifindex, mac) {
-                    Ok(()) => observer.gratuitous_sent(ip, name),
-                    Err(e) => {
-                        warn!(ip = %ip, interface = name, error = %e, "gratuitous announcement failed")
-                    }
-                }
-            },
-        );
+            }
+        };
+        let now = Instant::now();
+        if scan {
+            schedule.run_waiting(now, &mut check, &mut send);
+        }
+        schedule.run_due(now, &mut check, &mut send);
     }
 
     fn refresh_liveness(&mut self) {

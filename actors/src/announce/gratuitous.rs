@@ -85,6 +85,19 @@ impl GratuitousSchedule {
         mut check: impl FnMut(IpAddr, u32) -> Check,
         mut send: impl FnMut(IpAddr, u32, MacAddr),
     ) {
+        self.run_waiting(now, &mut check, &mut send);
+        self.run_due(now, &mut check, &mut send);
+    }
+
+    /// Sends the first announcements of the entries whose fence opened
+    /// since (every waiting entry is checked: run it when something that
+    /// could open one changed, not on every timer).
+    pub fn run_waiting(
+        &mut self,
+        now: Instant,
+        check: &mut impl FnMut(IpAddr, u32) -> Check,
+        send: &mut impl FnMut(IpAddr, u32, MacAddr),
+    ) {
         let waiting: Vec<(IpAddr, u32)> = self.waiting.iter().copied().collect();
         for entry in waiting {
             match check(entry.0, entry.1) {
@@ -99,6 +112,15 @@ impl GratuitousSchedule {
                 }
             }
         }
+    }
+
+    /// Sends the repeats whose time came.
+    pub fn run_due(
+        &mut self,
+        now: Instant,
+        check: &mut impl FnMut(IpAddr, u32) -> Check,
+        send: &mut impl FnMut(IpAddr, u32, MacAddr),
+    ) {
         while let Some(((at, _), _)) = self.due.first_key_value() {
             if *at > now {
                 break;

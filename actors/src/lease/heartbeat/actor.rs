@@ -76,6 +76,9 @@ pub struct HeartbeatActor {
     rows: BTreeMap<String, LeaseRow>,
     rows_written: Option<Instant>,
     stopping: bool,
+    /// Whether the node fence was open at the last tick (to say when it
+    /// lapses).
+    was_joined: bool,
 }
 
 fn rfc3339_now() -> MicroTime {
@@ -137,6 +140,7 @@ impl HeartbeatActor {
             rows: BTreeMap::new(),
             rows_written: None,
             stopping: false,
+            was_joined: false,
         })
     }
 
@@ -233,6 +237,11 @@ impl HeartbeatActor {
             let now = Instant::now();
             let ok = result.is_ok();
             act.observer.heartbeat(now - sent, ok);
+            debug!(
+                ok,
+                took_ms = (now - sent).as_millis() as u64,
+                "heartbeat written"
+            );
             let seen = match result {
                 Ok(lease) => Some((
                     heartbeat_of(&lease),
@@ -344,6 +353,14 @@ impl HeartbeatActor {
         let now = Instant::now();
         let actions = self.core.tick(now);
         self.execute(ctx, actions);
+        let joined = self.core.joined(now);
+        if self.was_joined && !joined {
+            warn!(
+                renew_deadline = ?self.config.timing.renew_deadline,
+                "heartbeat not renewed within the renew deadline: this node answers nothing until it is"
+            );
+        }
+        self.was_joined = joined;
         if let Some(write) = self.mirror.next(now) {
             let (claim, op, future) = write.into_parts();
             ctx.spawn(

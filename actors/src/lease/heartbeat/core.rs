@@ -158,11 +158,12 @@ pub struct CoreConfig {
     /// Delay per rank between the evictors of one node.
     pub rank_step: Duration,
     /// Delay per rank between the bids of the nodes for a new claim: a
-    /// retry period, so that the winner still bids first when it sees a
+    /// retry period after this node saw it free and after its shard last
+    /// changed, so that the winner still bids first when it sees a
     /// thousand new Services later than another node does, or loses a
-    /// write race or two while the other writes its own. Claims handed
-    /// off or taken over use `rank_step` (the waiting nodes saw the same
-    /// record change).
+    /// few write races while the other writes its own (a lease duration
+    /// per rank at most). Claims handed off or taken over use `rank_step`
+    /// (the waiting nodes saw the same record change).
     pub bid_step: Duration,
     /// How long pending record changes of a shard wait for more to join
     /// the same write.
@@ -194,6 +195,11 @@ pub struct HeartbeatCore {
     epoch: Option<u32>,
     /// When the last successful heartbeat write was sent.
     renewed_sent: Option<Instant>,
+    /// When this process joined (its first successful heartbeat write
+    /// under its epoch was answered): new claims wait a `bid_step` after
+    /// it, so that the heartbeats of nodes starting at the same time are
+    /// seen before the ranks are (the first node up would take them all).
+    joined_at: Option<Instant>,
     heartbeat_in_flight: bool,
     heartbeat_attempt: Option<Instant>,
     evicting: BTreeSet<String>,
@@ -232,6 +238,16 @@ pub struct HeartbeatCore {
     selected_here: bool,
     /// Evictions this node performed and observed (for metrics).
     pub evictions_performed: u64,
+    /// Bumped by every input: what [`Self::update_held`] and the bid
+    /// candidates were last computed from (with thousands of claims, doing
+    /// it again every tick for nothing costs a core).
+    version: u64,
+    /// The version and `joined` that [`Self::update_held`] last ran with.
+    held_for: Option<(u64, bool)>,
+    /// Eligible claims that may need a bid (not assigned to a live node),
+    /// and the version they were computed at.
+    candidates: Vec<String>,
+    candidates_for: Option<u64>,
 }
 
 impl HeartbeatCore {
@@ -245,6 +261,7 @@ impl HeartbeatCore {
             shards: BTreeMap::new(),
             epoch: None,
             renewed_sent: None,
+            joined_at: None,
             heartbeat_in_flight: false,
             heartbeat_attempt: None,
             evicting: BTreeSet::new(),
@@ -262,11 +279,20 @@ impl HeartbeatCore {
             idle: BTreeSet::new(),
             selected_here: true,
             evictions_performed: 0,
+            version: 0,
+            held_for: None,
+            candidates: Vec::new(),
+            candidates_for: None,
         }
     }
 
     pub fn me(&self) -> &str {
         &self.me
+    }
+
+    /// An input changed what the decisions are made from.
+    fn touch(&mut self) {
+        self.version = self.version.wrapping_add(1);
     }
 
     /// The epoch this process joined under, once a heartbeat write
@@ -338,17 +364,22 @@ impl HeartbeatCore {
     /// This node is (again) eligible for `claim`, whose member Services are
     /// `members`.
     pub fn campaign(&mut self, claim: &str, members: Vec<String>) {
-        self.eligible.insert(claim.to_string(), members);
+        if self.eligible.get(claim) != Some(&members) {
+            self.eligible.insert(claim.to_string(), members);
+            self.touch();
+        }
     }
 
     /// The ServiceActor finished its first full evaluation: from now on a
     /// claim assigned here that is not eligible is released.
     pub fn eligibility_synced(&mut self) {
+        self.touch();
         self.eligibility_synced = true;
     }
 
     /// Whether `node`'s heartbeat says it is a candidate for no claim.
     pub fn set_idle(&mut self, node: &str, idle: bool) {
+        self.touch();
         if idle {
             self.idle.insert(node.to_string());
         } else {
@@ -358,6 +389,7 @@ impl HeartbeatCore {
 
     /// Whether a valid policy selects this node (its node selector).
     pub fn set_selected_here(&mut self, selected: bool) {
+        self.touch();
         self.selected_here = selected;
     }
 
@@ -369,17 +401,20 @@ impl HeartbeatCore {
 
     /// This node is no longer eligible for `claim`.
     pub fn withdraw(&mut self, claim: &str) {
+        self.touch();
         self.eligible.remove(claim);
         self.free_since.remove(claim);
     }
 
     /// The heartbeat watch delivered its initial list.
     pub fn heartbeats_synced(&mut self) {
+        self.touch();
         self.heartbeats_synced = true;
     }
 
     /// The record watch delivered its initial list.
     pub fn shards_synced(&mut self) {
+        self.touch();
         self.shards_synced = true;
     }
 
@@ -390,6 +425,7 @@ impl HeartbeatCore {
         seen: Option<(Heartbeat, String)>,
         now: Instant,
     ) {
+        self.touch();
         match seen {
             Some((value, rv)) => {
                 if let Some(cur) = self.heartbeats.get(node)
@@ -417,6 +453,7 @@ impl HeartbeatCore {
 
     /// A record shard as a watch or a read shows it (`None`: absent).
     pub fn observe_shard(&mut self, shard: u32, seen: Option<(Shard, String)>, now: Instant) {
+        self.touch();
         match seen {
             Some((value, rv)) => {
                 if let Some(cur) = self.shards.get(&shard)
@@ -454,6 +491,7 @@ impl HeartbeatCore {
         sent: Instant,
         now: Instant,
     ) -> Vec<Action> {
+        self.touch();
         self.heartbeat_in_flight = false;
         let mut out = Vec::new();
         let Some((hb, rv)) = result else {
@@ -463,6 +501,7 @@ impl HeartbeatCore {
         if self.epoch != Some(hb.epoch) {
             // A new epoch: nothing of the old one is ours any more.
             self.epoch = Some(hb.epoch);
+            self.joined_at = Some(now);
         }
         self.renewed_sent = Some(sent);
         self.update_held(now, &mut out);
@@ -475,6 +514,7 @@ impl HeartbeatCore {
     /// The answer to an [`Action::Evict`]: success proves the node has not
     /// renewed since its heartbeat was seen at that resourceVersion.
     pub fn eviction_done(&mut self, node: &str, result: Option<(Heartbeat, String)>, now: Instant) {
+        self.touch();
         self.evicting.remove(node);
         if let Some((hb, rv)) = result {
             self.evictions_performed += 1;
@@ -491,6 +531,7 @@ impl HeartbeatCore {
         result: Option<(Shard, String)>,
         now: Instant,
     ) -> Vec<Action> {
+        self.touch();
         self.writing.remove(&shard);
         let carried = self.releasing.remove(&shard).unwrap_or_default();
         match result {
@@ -521,6 +562,7 @@ impl HeartbeatCore {
     /// releases every claim of this node at once (`holder` empty, same
     /// epoch), when this process is a member.
     pub fn release_all(&mut self) -> Option<(String, Heartbeat)> {
+        self.touch();
         self.held.clear();
         self.eligible.clear();
         let epoch = self.epoch?;
@@ -541,6 +583,7 @@ impl HeartbeatCore {
     /// The datapath confirmed `claim`'s fence closed: its release may be
     /// written.
     pub fn claim_closed(&mut self, claim: &str) {
+        self.touch();
         if self.closing.remove(claim) {
             self.released.insert(claim.to_string());
         }
@@ -549,6 +592,7 @@ impl HeartbeatCore {
     /// The datapath could not confirm a close: keep the claim assigned (it
     /// expires with the node fence) and try again later.
     pub fn claim_close_failed(&mut self, claim: &str) {
+        self.touch();
         self.closing.remove(claim);
     }
 
@@ -588,6 +632,13 @@ impl HeartbeatCore {
     /// to release claims assigned here that this node is no longer
     /// eligible for.
     fn update_held(&mut self, now: Instant, out: &mut Vec<Action>) {
+        // Nothing changed since the last run: its result still holds (it
+        // leaves a fixed point).
+        let joined = self.joined(now);
+        if self.held_for == Some((self.version, joined)) {
+            return;
+        }
+        self.held_for = Some((self.version, joined));
         let want = self.should_hold(now);
         let gone: Vec<String> = self.held.difference(&want).cloned().collect();
         for claim in gone {
@@ -602,7 +653,6 @@ impl HeartbeatCore {
             });
         }
         // Assigned here, not eligible: close, then release.
-        let joined = self.joined(now);
         let to_release: Vec<String> = self
             .assignments()
             .filter(|(c, a)| self.mine(a) && !self.eligible.contains_key(*c))
@@ -739,7 +789,7 @@ impl HeartbeatCore {
     /// Whether this node may take `claim` now and why: free (unassigned or
     /// assigned to a dead epoch), none of its other members still held
     /// under claims of their own, and this node's bid is due by its rank.
-    fn bid(&mut self, claim: &str, now: Instant) -> Option<TakeReason> {
+    fn bid(&mut self, claim: &str, now: Instant, bidders: &[String]) -> Option<TakeReason> {
         // Claims merge when Services come to share an IP: the merged claim
         // waits until its members' own claims are given up.
         let members = self.eligible.get(claim).cloned().unwrap_or_default();
@@ -762,18 +812,32 @@ impl HeartbeatCore {
             None if self.seen_assigned.contains(claim) => TakeReason::HandOff,
             None => TakeReason::New,
         };
-        let since = *self.free_since.entry(claim.to_string()).or_insert(now);
-        let ranked: Vec<&str> = self
-            .ranked(claim, None)
-            .into_iter()
-            .filter(|n| *n == self.me || !self.idle.contains(*n))
-            .collect();
+        let mut since = *self.free_since.entry(claim.to_string()).or_insert(now);
+        if reason == TakeReason::New
+            && let Some(joined) = self.joined_at
+        {
+            since = since.max(joined + self.config.bid_step);
+        }
+        let ranked = rendezvous::rank(claim, bidders.iter().map(String::as_str));
         let rank = ranked.iter().position(|n| *n == self.me)?;
-        let step = match reason {
-            TakeReason::New => self.config.bid_step,
-            _ => self.config.rank_step,
+        let rank = u32::try_from(rank).unwrap_or(u32::MAX);
+        let due = match reason {
+            // A new claim: the nodes ranked higher get `bid_step` each
+            // from when this node saw it free, and from the shard's last
+            // change (while a burst of new Services is being written, their
+            // writes may be refused and retried a few times), but never
+            // more than a lease duration in all.
+            TakeReason::New if rank > 0 => {
+                let changed = self
+                    .shards
+                    .get(&shard_of(claim))
+                    .map_or(since, |s| s.since.max(since));
+                (changed + self.config.bid_step * rank)
+                    .min(since + self.config.timing.lease_duration * rank)
+            }
+            TakeReason::New => since,
+            _ => since + self.config.rank_step * rank,
         };
-        let due = since + step * u32::try_from(rank).unwrap_or(u32::MAX);
         (now >= due).then_some(reason)
     }
 
@@ -781,16 +845,43 @@ impl HeartbeatCore {
         let Some(epoch) = self.epoch else {
             return;
         };
+        // The eligible claims not assigned to a live node, computed again
+        // only when an input changed.
+        if self.candidates_for != Some(self.version) {
+            self.candidates_for = Some(self.version);
+            let mut candidates = Vec::new();
+            let mut taken_by_others = Vec::new();
+            for claim in self.eligible.keys() {
+                match self.assignment(claim) {
+                    Some(a) if self.mine(a) => {}
+                    Some(a) if !self.dead(a) => taken_by_others.push(claim.clone()),
+                    _ => candidates.push(claim.clone()),
+                }
+            }
+            for c in taken_by_others {
+                self.free_since.remove(&c);
+            }
+            self.candidates = candidates;
+        }
+        // The members that bid, in any order: those whose heartbeat says
+        // they are a candidate for something, and this node.
+        let bidders: Vec<String> = self
+            .members()
+            .into_keys()
+            .filter(|n| *n == self.me || !self.idle.contains(*n))
+            .map(str::to_string)
+            .collect();
         // Pending changes per shard.
         let mut bids: BTreeMap<u32, Vec<(String, TakeReason)>> = BTreeMap::new();
-        let eligible: Vec<String> = self.eligible.keys().cloned().collect();
-        for claim in eligible {
-            if let Some(reason) = self.bid(&claim, now) {
-                bids.entry(shard_of(&claim))
+        let candidates = std::mem::take(&mut self.candidates);
+        for claim in &candidates {
+            if let Some(reason) = self.bid(claim, now, &bidders) {
+                bids.entry(shard_of(claim))
                     .or_default()
-                    .push((claim, reason));
+                    .push((claim.clone(), reason));
             }
         }
+        self.candidates = candidates;
         let mut releases: BTreeMap<u32, Vec<String>> = BTreeMap::new();
         for claim in &self.released {
             releases
@@ -848,6 +939,7 @@ impl HeartbeatCore {
                 for c in &gone {
                     self.released.remove(c);
                 }
+                self.touch();
                 continue;
             }
             self.writing.insert(shard);

@@ -40,16 +40,26 @@ fn joins_then_takes_a_free_claim_and_opens_its_fence_after_the_write() {
     let a = c.heartbeat_written(Some((hb("node-a", 1), "1".into())), t0, t0);
     assert_eq!(a, vec![Action::NodeFence(t0 + Duration::from_secs(1))]);
     assert!(c.joined(t0));
-    // The bid waits the batch delay, then goes out; nothing is open yet.
+    // The bid waits a bid step after joining (nodes starting at the same
+    // time see each other's heartbeats first), then goes out; nothing is
+    // open yet.
     assert!(c.tick(t0).is_empty());
-    let t1 = t0 + Duration::from_millis(20);
+    assert!(
+        !c.tick(t0 + Duration::from_millis(150))
+            .iter()
+            .any(|a| matches!(a, Action::WriteShard { .. }))
+    );
+    let t1 = t0 + Duration::from_millis(200);
     let a = c.tick(t1);
     let Some(Action::WriteShard {
         shard,
         rv: None,
         assignments,
         taken,
-    }) = a.first().cloned()
+    }) = a
+        .iter()
+        .find(|a| matches!(a, Action::WriteShard { .. }))
+        .cloned()
     else {
         panic!("expected a shard write, got {a:?}");
     };
@@ -144,10 +154,13 @@ fn release_closes_the_fence_before_the_record_is_written() {
     c.tick(t0);
     c.heartbeat_written(Some((hb("node-a", 1), "1".into())), t0, t0);
     c.tick(t0);
-    let t1 = t0 + Duration::from_millis(20);
+    let t1 = t0 + Duration::from_millis(200);
     let Some(Action::WriteShard {
         shard, assignments, ..
-    }) = c.tick(t1).first().cloned()
+    }) = c
+        .tick(t1)
+        .into_iter()
+        .find(|a| matches!(a, Action::WriteShard { .. }))
     else {
         panic!("no bid");
     };
@@ -200,7 +213,7 @@ fn a_node_that_is_a_candidate_for_nothing_is_not_waited_for() {
         c.campaign(&claim, vec![claim.clone()]);
         c.tick(t0);
         c.heartbeat_written(Some((hb("node-a", 1), "1".into())), t0, t0);
-        (0..=40)
+        (0..=100)
             .map(|ms| t0 + Duration::from_millis(ms * 5))
             .find(|t| {
                 c.tick(*t)
@@ -209,8 +222,9 @@ fn a_node_that_is_a_candidate_for_nothing_is_not_waited_for() {
             })
             .map(|t| t - t0)
     };
-    // node-c would bid first: node-a waits its bid step (a retry period).
-    assert!(bids_at(false).expect("bids") >= Duration::from_millis(200));
-    // node-c's heartbeat says it is a candidate for nothing: no wait.
-    assert!(bids_at(true).expect("bids") < Duration::from_millis(50));
+    // Every new claim waits a bid step after joining (200 ms); node-c
+    // would bid first: node-a waits another bid step.
+    assert!(bids_at(false).expect("bids") >= Duration::from_millis(400));
+    // node-c's heartbeat says it is a candidate for nothing: no more wait.
+    assert!(bids_at(true).expect("bids") < Duration::from_millis(250));
 }
