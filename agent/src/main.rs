@@ -7,6 +7,14 @@ use l2announcer::cli::{self, Command};
 use l2announcer::{commands, config, run};
 
 fn main() -> ExitCode {
+    // glibc gives every thread that allocates an arena of its own (sled's
+    // IO threads, tokio's workers, actix): with thousands of Services the
+    // freed memory stays spread over them. Two arenas are plenty here.
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = match cli::parse(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => return ExitCode::from(cli::refuse(&e)),

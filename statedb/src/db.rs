@@ -113,6 +113,10 @@ fn lock(dir: &Path) -> Result<File, Error> {
     }
 }
 
+/// sled's page cache: the tables of a node hold a few rows per Service
+/// (a few MiB at 5,000 Services); a larger cache only grows the agent.
+const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
 impl Db {
     /// Opens (or creates) the database in directory `path`, flushing on
     /// every commit. sled allows one process per database directory.
@@ -125,9 +129,7 @@ impl Db {
     pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Db, Error> {
         let path = path.as_ref();
         let lock = lock(path)?;
-        let config = sled::Config::new()
-            .path(path)
-            .cache_capacity(64 * 1024 * 1024);
+        let config = sled::Config::new().path(path).cache_capacity(CACHE_BYTES);
         Db::from_config(config, durability, Some(lock))
     }
 
