@@ -42,8 +42,6 @@ pub const REASON_NO_READY_ENDPOINT: &str = "NoReadyEndpoint";
 /// Services sharing an IP, of which this node is selected for some only.
 pub const REASON_SHARED_IP_NOT_SELECTED: &str = "SharedIPNotSelected";
 
-/// The field manager of these writes.
-const FIELD_MANAGER: &str = "l2announcer-agent";
 /// How often rate-limited changes are tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -236,7 +234,7 @@ async fn write(
                 patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
             }
             let params = PatchParams {
-                field_manager: Some(FIELD_MANAGER.to_string()),
+                field_manager: Some(crate::policy::FIELD_MANAGER.to_string()),
                 ..Default::default()
             };
             match api

@@ -28,8 +28,6 @@ use crate::lease::{GC_INTERVAL, LeaseTiming, lease_for_service};
 pub const MIRROR_ANNOTATION: &str = "l2announcer.io/mirror-of";
 /// Its value.
 pub const MIRROR_OF: &str = "node-heartbeat assignment record";
-/// The field manager of mirror writes (server-side apply).
-const FIELD_MANAGER: &str = "l2announcer";
 
 /// A mirror request; its result is the Lease's resourceVersion after it.
 pub type MirrorRequest = Pin<Box<dyn Future<Output = Result<Option<String>, kube::Error>> + Send>>;
@@ -184,7 +182,7 @@ impl Mirror {
         // One server-side apply creates the mirror or updates it (a merge
         // patch on a missing Lease costs a 404 and a create).
         let future = Box::pin(async move {
-            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let params = PatchParams::apply(crate::policy::FIELD_MANAGER).force();
             api.patch(&name, &params, &Patch::Apply(&lease))
                 .await
                 .map(|l| l.resource_version())
