@@ -33,5 +33,6 @@ pub mod pods;
 pub mod policy;
 pub mod service;
 pub mod tables;
+pub mod vec_set;
 
 pub use control_plane::{ControlPlane, ControlPlaneBuilder, ControlPlaneError, RunId};

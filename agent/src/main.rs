@@ -9,11 +9,16 @@ use l2announcer::{commands, config, run};
 fn main() -> ExitCode {
     // glibc gives every thread that allocates an arena of its own (sled's
     // IO threads, tokio's workers, actix): with thousands of Services the
-    // freed memory stays spread over them. Two arenas are plenty here.
-    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // freed memory stays spread over them; nearly all allocation happens
+    // on the actix thread, so one arena does. And a fixed mmap threshold:
+    // glibc raises it (up to 32 MiB) after freeing a large block, and the
+    // next large buffers (a list of thousands of Services, a watch burst)
+    // then land in the heap, which stays fragmented after they are freed.
+    // SAFETY: mallopt only sets allocator parameters; called before any
     // thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
     let cli = match cli::parse(std::env::args_os()) {
         Ok(cli) => cli,

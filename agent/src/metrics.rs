@@ -7,7 +7,6 @@
 //! report. Names carry the `l2announcer_` prefix; counters end in `_total`
 //! and durations in `_seconds`, so `promtool check metrics` stays clean.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,6 +27,9 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 use tracing::warn;
+
+mod series;
+use series::ServiceSeries;
 
 /// Every metric name this module exports, for tests and documentation.
 pub const NAMES: &[&str] = &[
@@ -103,11 +105,6 @@ struct State {
     last_liveness: Option<Instant>,
     /// When a heartbeat renewal last succeeded (node-heartbeat mode).
     last_heartbeat: Option<Instant>,
-    /// The last absolute map counter per (IP, interface), to turn absolute
-    /// readings into counter increments.
-    responses: HashMap<(IpAddr, String), u64>,
-    /// The announced series per Service key.
-    announced: BTreeMap<String, BTreeSet<(IpAddr, String)>>,
 }
 
 /// The agent's metrics. Share it as `Arc<Metrics>`; every observer method
@@ -123,10 +120,8 @@ pub struct Metrics {
     renew_duration: Histogram,
     k8s_requests: IntCounterVec,
     throttle_wait: Histogram,
-    responses: IntCounterVec,
-    gratuitous: IntCounterVec,
-    announced: IntGaugeVec,
-    service_candidate: IntGaugeVec,
+    /// Responses, gratuitous, announced and candidate series.
+    series: ServiceSeries,
     liveness_age: Gauge,
     reconcile_errors: IntCounter,
     reconcile_duration: Histogram,
@@ -305,30 +300,11 @@ impl Metrics {
                 "Client-side rate limiter wait of every Kubernetes API request, zero waits included.",
                 THROTTLE_BUCKETS,
             )?,
-            responses: counter_vec(
-                &r,
-                "l2announcer_responses_sent_total",
-                "ARP replies and NDP advertisements sent by the datapath, by IP and interface.",
-                &["ip", "interface"],
-            )?,
-            gratuitous: counter_vec(
-                &r,
-                "l2announcer_gratuitous_sent_total",
-                "Gratuitous ARP and unsolicited neighbor advertisements sent, by IP and interface.",
-                &["ip", "interface"],
-            )?,
-            announced: gauge_vec(
-                &r,
-                "l2announcer_announced",
-                "1 for every Service, IP and interface this node announces now.",
-                &["service", "ip", "interface"],
-            )?,
-            service_candidate: gauge_vec(
-                &r,
-                "l2announcer_service_candidate",
-                "1 for every Service this node is a candidate to announce (selected by a policy, with IPs and interfaces here).",
-                &["service"],
-            )?,
+            series: {
+                let series = ServiceSeries::new()?;
+                r.register(Box::new(series.clone()))?;
+                series
+            },
             liveness_age,
             heartbeat_renewals,
             heartbeat_age,
@@ -382,28 +358,7 @@ impl Metrics {
     /// the last (the map entry was re-created) counts from zero. Entries
     /// missing from `entries` are dropped from the exposition.
     pub fn set_responses(&self, entries: &[(IpAddr, String, u64)]) {
-        let mut state = self.state();
-        let mut seen = HashMap::with_capacity(entries.len());
-        for (ip, interface, value) in entries {
-            let key = (*ip, interface.clone());
-            let last = state.responses.get(&key).copied().unwrap_or(0);
-            let delta = if *value >= last { value - last } else { *value };
-            let ip_s = ip.to_string();
-            let c = self
-                .responses
-                .with_label_values(&[ip_s.as_str(), interface]);
-            c.inc_by(delta);
-            seen.insert(key, *value);
-        }
-        for (ip, interface) in state.responses.keys() {
-            if !seen.contains_key(&(*ip, interface.clone())) {
-                let ip_s = ip.to_string();
-                let _ = self
-                    .responses
-                    .remove_label_values(&[ip_s.as_str(), interface]);
-            }
-        }
-        state.responses = seen;
+        self.series.set_responses(entries);
     }
 
     /// Records one datapath reconciliation round and its errors.
@@ -518,10 +473,7 @@ impl DatapathObserver for Metrics {
     }
 
     fn gratuitous_sent(&self, ip: IpAddr, interface: &str) {
-        let ip_s = ip.to_string();
-        self.gratuitous
-            .with_label_values(&[ip_s.as_str(), interface])
-            .inc();
+        self.series.gratuitous_sent(ip, interface);
     }
 
     fn liveness_refreshed(&self) {
@@ -547,37 +499,16 @@ impl PodObserver for Metrics {
 
 impl AnnounceObserver for Metrics {
     fn announcing(&self, service: &ServiceView, announcing: bool, entries: &Candidacy) {
-        let key = service.key();
-        let mut state = self.state();
-        let new: BTreeSet<(IpAddr, String)> = if announcing {
-            entries.entries.clone()
+        let entries = if announcing {
+            entries.entries.iter().cloned().collect()
         } else {
-            BTreeSet::new()
+            Vec::new()
         };
-        let old = state.announced.remove(&key).unwrap_or_default();
-        for (ip, interface) in old.difference(&new) {
-            let ip_s = ip.to_string();
-            let _ = self
-                .announced
-                .remove_label_values(&[key.as_str(), ip_s.as_str(), interface]);
-        }
-        for (ip, interface) in &new {
-            let ip_s = ip.to_string();
-            self.announced
-                .with_label_values(&[key.as_str(), ip_s.as_str(), interface])
-                .set(1);
-        }
-        if !new.is_empty() {
-            state.announced.insert(key, new);
-        }
+        self.series.announced(service.key(), entries);
     }
 
     fn candidate(&self, service: &str, candidate: bool) {
-        if candidate {
-            self.service_candidate.with_label_values(&[service]).set(1);
-        } else {
-            let _ = self.service_candidate.remove_label_values(&[service]);
-        }
+        self.series.candidate(service, candidate);
     }
 }
 

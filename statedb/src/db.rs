@@ -115,7 +115,11 @@ fn lock(dir: &Path) -> Result<File, Error> {
 
 /// sled's page cache: the tables of a node hold a few rows per Service
 /// (a few MiB at 5,000 Services); a larger cache only grows the agent.
-const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+const CACHE_BYTES: u64 = 2 * 1024 * 1024;
+
+/// How long [`Db::open_with`] waits for sled's file lock to be released by
+/// a handle of this process that was just dropped.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Db {
     /// Opens (or creates) the database in directory `path`, flushing on
@@ -130,7 +134,23 @@ impl Db {
         let path = path.as_ref();
         let lock = lock(path)?;
         let config = sled::Config::new().path(path).cache_capacity(CACHE_BYTES);
-        Db::from_config(config, durability, Some(lock))
+        // We hold the directory's lock, so nobody else has the database:
+        // sled's own file lock can still be held for a moment by the
+        // background threads of a handle of this process just dropped (a
+        // restart in place, a test reopening). Wait for them, briefly.
+        let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+        let sled = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                result => break result?,
+            }
+        };
+        Db::from_sled(sled, durability, Some(lock))
     }
 
     /// A database in a temporary directory, removed when the last clone is
@@ -139,15 +159,10 @@ impl Db {
         let config = sled::Config::new()
             .temporary(true)
             .cache_capacity(16 * 1024 * 1024);
-        Db::from_config(config, Durability::Background, None)
+        Db::from_sled(config.open()?, Durability::Background, None)
     }
 
-    fn from_config(
-        config: sled::Config,
-        durability: Durability,
-        lock: Option<File>,
-    ) -> Result<Db, Error> {
-        let sled = config.open()?;
+    fn from_sled(sled: sled::Db, durability: Durability, lock: Option<File>) -> Result<Db, Error> {
         let meta = sled.open_tree(META_TREE)?;
         tracing::debug!(?durability, "statedb opened");
         Ok(Db {

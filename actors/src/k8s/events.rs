@@ -79,6 +79,20 @@ impl AnnounceObserver for ServiceEvents {
     }
 }
 
+/// Forgets, at most once per [`PRUNE_EVERY`], the budgets that are as good
+/// as new.
+pub fn prune_idle(budgets: &mut HashMap<String, EventBudget>, last: &mut Instant, now: Instant) {
+    if now.saturating_duration_since(*last) < PRUNE_EVERY {
+        return;
+    }
+    *last = now;
+    budgets.retain(|_, b| !b.is_idle(now));
+    budgets.shrink_to_fit();
+}
+
+/// How often idle budgets are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// Per-Service token bucket: `allow` says whether an event may go out now.
 #[derive(Debug)]
 pub struct EventBudget {
@@ -110,6 +124,15 @@ impl EventBudget {
             self.dropped += 1;
             false
         }
+    }
+
+    /// Whether the bucket is full again at `now` with no drop to report: it
+    /// is then the same as a new one, and its Service's entry can go (at
+    /// thousands of Services, kept buckets add up).
+    pub fn is_idle(&self, now: Instant) -> bool {
+        self.dropped == 0
+            && (self.tokens >= BURST
+                || now.saturating_duration_since(self.last) >= REFILL * (BURST - self.tokens))
     }
 
     /// Drops since the last event that went out (and resets the count).
@@ -150,9 +173,11 @@ async fn publish(
     mut rx: mpsc::UnboundedReceiver<Change>,
 ) {
     let mut budgets: HashMap<String, EventBudget> = HashMap::new();
+    let mut pruned = Instant::now();
     while let Some(change) = rx.recv().await {
         let key = change.service.key();
         let now = Instant::now();
+        prune_idle(&mut budgets, &mut pruned, now);
         let budget = budgets
             .entry(key.clone())
             .or_insert_with(|| EventBudget::new(now));

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::client::Background;
-use super::events::EventBudget;
+use super::events::{EventBudget, prune_idle};
 use crate::service::{AnnounceObserver, Candidacy, ServiceView};
 
 /// The condition type.
@@ -78,7 +78,12 @@ impl ServiceStatus {
         })
     }
 
-    fn send(&self, w: Wanted) {
+    fn send(&self, mut w: Wanted) {
+        // Labels and IPs are not written here; a change may wait a while
+        // (thousands of them after a mass create), so it holds no copy.
+        w.service.labels.clear();
+        w.service.external_ips = Vec::new();
+        w.service.load_balancer_ips = Vec::new();
         let _ = self.tx.send(w);
     }
 }
@@ -192,17 +197,31 @@ async fn write(
     // produced, while the Service as seen is older than it: a release
     // then uses it as precondition (it fails if anyone wrote since).
     let mut mine: HashMap<String, String> = HashMap::new();
+    let mut pruned = Instant::now();
     loop {
+        prune_idle(&mut budgets, &mut pruned, Instant::now());
         let mut batch: Vec<Wanted> = Vec::new();
         tokio::select! {
             w = rx.recv() => match w {
                 Some(w) => batch.push(w),
                 None => return,
             },
-            _ = retry.tick() => batch.extend(waiting.drain().map(|(_, w)| w)),
+            _ = retry.tick() => {
+                batch.extend(waiting.drain().map(|(_, w)| w));
+                // A mass create leaves the table sized for thousands.
+                waiting.shrink_to(batch.len());
+            }
         }
+        // Once the node's background budget is spent, the rest of the batch
+        // waits as it is (thousands after a mass create: nothing to compute
+        // for them until the budget has room).
+        let mut spent = false;
         for w in batch {
             let key = w.service.key();
+            if spent {
+                waiting.insert(key, w);
+                continue;
+            }
             // Our own write is newer than the view when the view does not
             // show its resourceVersion yet (kube resourceVersions are
             // opaque; equal means seen, and a later event replaces `mine`).
@@ -219,7 +238,8 @@ async fn write(
                 .or_insert_with(|| EventBudget::new(now));
             // The node's background budget first (the latest wanted state
             // waits and is written later), then the Service's own.
-            if !background.try_take(now) || !budget.allow(now) {
+            spent = !background.try_take(now);
+            if spent || !budget.allow(now) {
                 debug!(service = %key, "condition write rate limited");
                 waiting.insert(key, w);
                 continue;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures::FutureExt as _;
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -30,8 +30,8 @@ use tracing::{debug, warn};
 
 use super::claims::{ClaimChange, ClaimGroups};
 use super::selection::{
-    Candidacy, NodeView, SERVICE_NAME_LABEL, ServiceView, candidacy, claimed_ips, service_view,
-    slice_has_local_ready, slice_has_ready, slice_key,
+    Candidacy, NodeView, SERVICE_NAME_LABEL, ServiceView, StoredService, candidacy, claimed_ips,
+    keep_viewed, service_view, slice_has_local_ready, slice_has_ready, slice_key,
 };
 use crate::RunId;
 use crate::messages::{
@@ -73,7 +73,7 @@ pub struct ServiceConfig {
 }
 
 struct Writers {
-    services: reflector::store::Writer<Service>,
+    services: reflector::store::Writer<StoredService>,
     slices: reflector::store::Writer<EndpointSlice>,
     nodes: reflector::store::Writer<Node>,
 }
@@ -88,7 +88,7 @@ pub struct ServiceActor {
     policies: Option<Vec<PolicyState>>,
     compiled: Vec<CompiledPolicy>,
     devices: Option<BTreeSet<String>>,
-    services: Store<Service>,
+    services: Store<StoredService>,
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     writers: Option<Writers>,
@@ -105,7 +105,9 @@ pub struct ServiceActor {
     leading: BTreeSet<String>,
     /// Claims the LeaseActor decided at least once in this run.
     decided: BTreeSet<String>,
-    /// Services this node announces, with what, for the stop reports.
+    /// Services this node announces, with what, for the stop reports: the
+    /// view without labels and conditions (the store has them while the
+    /// Service exists; a stop report takes them from there).
     announcing: BTreeMap<String, (ServiceView, Candidacy)>,
     /// Claims this node is a candidate for some members of but not all:
     /// reported once each time a claim becomes so.
@@ -256,6 +258,8 @@ impl ServiceActor {
                 .and_then(|v| candidacy(&self.compiled, v, &node, local));
             let was = self.candidacies.contains_key(key);
             match c {
+                // Replaced only on change (see update_announcing).
+                Some(c) if self.candidacies.get(key) == Some(&c) => {}
                 Some(c) => {
                     self.candidacies.insert(key.clone(), c);
                 }
@@ -472,17 +476,32 @@ impl ServiceActor {
             .claim_of(service)
             .is_some_and(|c| self.leading.contains(c));
         let now = match (held, self.candidacies.get(service), self.view(service)) {
-            (true, Some(c), Some(v)) => Some((v, c.clone())),
+            (true, Some(c), Some(v)) => Some((v, c)),
             _ => None,
         };
+        // What a stop report needs when the Service is gone by then.
+        let kept = |v: ServiceView| ServiceView {
+            labels: BTreeMap::new(),
+            conditions: Vec::new(),
+            ..v
+        };
         match (now, self.announcing.get_mut(service)) {
-            (Some(now), Some(known)) => {
-                // Keep what is announced current for the stop report.
-                *known = now;
+            (Some((view, c)), Some(known)) => {
+                // Keep what is announced current for the stop report
+                // (replaced only on change: every event of every Service
+                // comes here, and long-lived copies made anew each time
+                // leave the heap fragmented).
+                if known.1 != *c {
+                    known.1 = c.clone();
+                }
+                if known.0.resource_version != view.resource_version || known.0.uid != view.uid {
+                    known.0 = kept(view);
+                }
             }
             (Some((view, c)), None) => {
-                self.observer.announcing(&view, true, &c);
-                self.announcing.insert(service.to_string(), (view, c));
+                self.observer.announcing(&view, true, c);
+                let entry = (kept(view), c.clone());
+                self.announcing.insert(service.to_string(), entry);
             }
             (None, Some(_)) => {
                 // The last holder says why nobody can take it over, before
@@ -499,7 +518,8 @@ impl ServiceActor {
                     );
                 }
                 // What was announced, also when the Service is gone by now.
-                if let Some((view, c)) = self.announcing.remove(service) {
+                if let Some((kept, c)) = self.announcing.remove(service) {
+                    let view = self.view(service).unwrap_or(kept);
                     self.observer.announcing(&view, false, &c);
                 }
             }
@@ -580,12 +600,13 @@ impl Actor for ServiceActor {
         let Some(w) = self.writers.take() else {
             return;
         };
-        // Stores keep whole objects; managed fields are never read.
-        let services: Api<Service> = Api::all(self.client.clone());
+        // The Service store keeps what the view reads; the other stores
+        // keep whole objects but for managed fields, which nothing reads.
+        let services: Api<StoredService> = Api::all(self.client.clone());
         ctx.add_stream(
             watcher(services, watcher::Config::default())
                 .default_backoff()
-                .modify(|s| s.managed_fields_mut().clear())
+                .modify(keep_viewed)
                 .reflect(w.services)
                 .map(ServiceEvent),
         );
@@ -616,7 +637,7 @@ impl Actor for ServiceActor {
 
 type WatchResult<K> = Result<watcher::Event<K>, watcher::Error>;
 
-struct ServiceEvent(WatchResult<Service>);
+struct ServiceEvent(WatchResult<StoredService>);
 struct SliceEvent(WatchResult<EndpointSlice>);
 struct NodeEvent(WatchResult<Node>);
 

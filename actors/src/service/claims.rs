@@ -17,6 +17,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use crate::vec_set::VecSet;
+
 /// One Service's claim before and after a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimChange {
@@ -25,17 +27,18 @@ pub struct ClaimChange {
     pub to: Option<String>,
 }
 
-/// Services grouped into claims by shared IPs.
+/// Services grouped into claims by shared IPs. The sets are [`VecSet`]s:
+/// nearly every Service has one IP and is its claim's only member.
 #[derive(Debug, Default, Clone)]
 pub struct ClaimGroups {
     /// Service -> the IPs any policy would announce for it (non-empty).
-    ips: BTreeMap<String, BTreeSet<IpAddr>>,
+    ips: BTreeMap<String, VecSet<IpAddr>>,
     /// IP -> the Services with it.
-    by_ip: BTreeMap<IpAddr, BTreeSet<String>>,
+    by_ip: BTreeMap<IpAddr, VecSet<String>>,
     /// Service -> its claim.
     claim: BTreeMap<String, String>,
     /// Claim -> its members.
-    members: BTreeMap<String, BTreeSet<String>>,
+    members: BTreeMap<String, VecSet<String>>,
 }
 
 impl ClaimGroups {
@@ -54,7 +57,7 @@ impl ClaimGroups {
     }
 
     /// Every claim with its members.
-    pub fn claims(&self) -> impl Iterator<Item = (&str, &BTreeSet<String>)> {
+    pub fn claims(&self) -> impl Iterator<Item = (&str, &VecSet<String>)> {
         self.members.iter().map(|(c, m)| (c.as_str(), m))
     }
 
@@ -62,6 +65,7 @@ impl ClaimGroups {
     /// every Service whose claim changed (joined, left or renamed), `service`
     /// included when its own did, with its claim before and after.
     pub fn set(&mut self, service: &str, ips: BTreeSet<IpAddr>) -> Vec<ClaimChange> {
+        let ips: VecSet<IpAddr> = ips.into_iter().collect();
         let old = self.ips.get(service).cloned().unwrap_or_default();
         if old == ips {
             return Vec::new();
@@ -149,7 +153,7 @@ impl ClaimGroups {
     }
 
     /// Every Service connected to `ips` through shared IPs.
-    fn component_of_ips(&self, ips: &BTreeSet<IpAddr>) -> BTreeSet<String> {
+    fn component_of_ips(&self, ips: &VecSet<IpAddr>) -> BTreeSet<String> {
         let mut seen_ips: BTreeSet<IpAddr> = BTreeSet::new();
         let mut services: BTreeSet<String> = BTreeSet::new();
         let mut queue: Vec<IpAddr> = ips.iter().copied().collect();

@@ -6,12 +6,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::LoadBalancerStatus;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
+use serde::Deserialize;
 
 use crate::policy::CompiledPolicy;
+use crate::vec_set::VecSet;
 
 /// The `loadBalancerClass` Cilium's L2 announcer answers to.
 pub const L2_ANNOUNCER_CLASS: &str = "io.cilium/l2-announcer";
@@ -58,8 +61,8 @@ pub struct NodeView {
 /// would announce, and the policies that selected it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Candidacy {
-    pub entries: BTreeSet<(IpAddr, String)>,
-    pub policies: BTreeSet<String>,
+    pub entries: VecSet<(IpAddr, String)>,
+    pub policies: VecSet<String>,
 }
 
 impl Candidacy {
@@ -98,8 +101,75 @@ pub fn claimed_ips(
     ips
 }
 
+/// A Service as the agent watches and stores it: what [`service_view`]
+/// reads and nothing else. The watch decodes straight into it (kube's `Api`
+/// takes any type naming the Service resource), so ports, selectors,
+/// cluster IPs and the like are neither parsed nor kept; [`keep_viewed`]
+/// drops the metadata nothing reads. At 5,000 Services whole `Service`
+/// objects were the largest part of the agent's memory after the state
+/// tables.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StoredService {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: Option<StoredServiceSpec>,
+    pub status: Option<StoredServiceStatus>,
+}
+
+/// The read parts of `spec`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredServiceSpec {
+    pub load_balancer_class: Option<String>,
+    #[serde(rename = "externalIPs")]
+    pub external_ips: Option<Vec<String>>,
+    pub external_traffic_policy: Option<String>,
+}
+
+/// The read parts of `status`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredServiceStatus {
+    pub load_balancer: Option<LoadBalancerStatus>,
+    pub conditions: Option<Vec<Condition>>,
+}
+
+impl k8s_openapi::Resource for StoredService {
+    const API_VERSION: &'static str = "v1";
+    const GROUP: &'static str = "";
+    const KIND: &'static str = "Service";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "services";
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for StoredService {
+    type Ty = ObjectMeta;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Drops the metadata [`service_view`] does not read, before the reflector
+/// stores the Service.
+pub fn keep_viewed(svc: &mut StoredService) {
+    let metadata = std::mem::take(&mut svc.metadata);
+    svc.metadata = ObjectMeta {
+        name: metadata.name,
+        namespace: metadata.namespace,
+        uid: metadata.uid,
+        labels: metadata.labels,
+        resource_version: metadata.resource_version,
+        generation: metadata.generation,
+        ..ObjectMeta::default()
+    };
+}
+
 /// Reads the parts of a Service the selection needs.
-pub fn service_view(svc: &Service) -> ServiceView {
+pub fn service_view(svc: &StoredService) -> ServiceView {
     let spec = svc.spec.clone().unwrap_or_default();
     let parse = |s: &str| s.parse::<IpAddr>().ok();
     ServiceView {
@@ -339,7 +409,7 @@ mod tests {
 
     #[test]
     fn service_view_reads_ips_and_policy() {
-        let svc: Service = serde_json::from_value(serde_json::json!({
+        let svc: StoredService = serde_json::from_value(serde_json::json!({
             "metadata": {"namespace": "default", "name": "web", "labels": {"color": "blue"}},
             "spec": {"externalIPs": ["198.51.100.7", "not-an-ip"], "externalTrafficPolicy": "Local",
                      "loadBalancerClass": "io.cilium/l2-announcer"},
@@ -358,6 +428,50 @@ mod tests {
         );
         assert!(v.traffic_policy_local);
         assert_eq!(v.labels["color"], "blue");
+    }
+
+    #[test]
+    fn a_service_is_stored_with_what_the_view_reads() {
+        let json = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "default", "name": "web", "uid": "u-1",
+                         "resourceVersion": "42", "generation": 3,
+                         "labels": {"color": "blue"},
+                         "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                         "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {"type": "LoadBalancer", "externalIPs": ["198.51.100.7"],
+                     "externalTrafficPolicy": "Local", "loadBalancerClass": "io.cilium/l2-announcer",
+                     "ports": [{"port": 80}], "selector": {"app": "web"}, "clusterIP": "10.0.0.1"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10", "ipMode": "VIP"}]},
+                       "conditions": [{"type": "l2announcer.io/Announced", "status": "True",
+                                       "reason": "Announced", "message": "announced by node n1 on eth0 (192.0.2.10)",
+                                       "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+        });
+        let mut svc: StoredService = serde_json::from_value(json).expect("service");
+        keep_viewed(&mut svc);
+        let v = service_view(&svc);
+        assert_eq!(v.key(), "default/web");
+        assert_eq!(v.uid, "u-1");
+        assert_eq!(v.resource_version, "42");
+        assert_eq!(v.generation, Some(3));
+        assert_eq!(v.labels["color"], "blue");
+        assert_eq!(v.external_ips, vec![ip("198.51.100.7")]);
+        assert_eq!(v.load_balancer_ips, vec![ip("192.0.2.10")]);
+        assert!(v.traffic_policy_local);
+        assert_eq!(v.load_balancer_class.as_deref(), Some(L2_ANNOUNCER_CLASS));
+        assert_eq!(v.conditions.len(), 1);
+        assert!(svc.metadata.annotations.is_none() && svc.metadata.managed_fields.is_none());
+    }
+
+    #[test]
+    fn the_stored_service_names_the_service_resource() {
+        use kube::Resource as _;
+        assert_eq!(
+            StoredService::url_path(&(), Some("default")),
+            Service::url_path(&(), Some("default"))
+        );
+        assert_eq!(StoredService::kind(&()), Service::kind(&()));
+        assert_eq!(StoredService::api_version(&()), Service::api_version(&()));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! to the ServiceActor. It also keeps the per-Service Leases as a lazy
 //! mirror of the record ([`super::mirror`]) and the `leases` table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,7 +74,12 @@ pub struct HeartbeatActor {
     mirror: Mirror,
     db: statedb::Db,
     table: statedb::Table<LeaseRow>,
-    rows: BTreeMap<String, LeaseRow>,
+    /// The `leases` rows last written, by key: a digest of what each was
+    /// made from, and the pass of [`Self::write_rows`] that last saw it. At
+    /// thousands of claims a copy of the rows (or rebuilding them all every
+    /// second) cost more than the table itself.
+    rows: HashMap<String, (u64, u64)>,
+    rows_pass: u64,
     rows_written: Option<Instant>,
     stopping: bool,
     /// Whether the node fence was open at the last tick (to say when it
@@ -137,7 +143,8 @@ impl HeartbeatActor {
             mirror,
             table: statedb::Table::open(&db, LEASES)?,
             db,
-            rows: BTreeMap::new(),
+            rows: HashMap::new(),
+            rows_pass: 0,
             rows_written: None,
             stopping: false,
             was_joined: false,
@@ -396,23 +403,45 @@ impl HeartbeatActor {
 
     /// The `leases` table: one row per claim in the record (holder, epoch)
     /// and one per heartbeat (`node:<name>`, holder, live or evicted).
+    /// Writes only the rows whose inputs changed since the last call, and
+    /// allocates only for those.
     fn write_rows(&mut self, now: Instant) {
         let me = &self.config.me;
         let epoch = self.core.epoch();
-        let mut rows: BTreeMap<String, LeaseRow> = BTreeMap::new();
+        let joined = self.core.joined(now);
+        self.rows_pass += 1;
+        let pass = self.rows_pass;
+        let mut changed: Vec<LeaseRow> = Vec::new();
+        // Marks `key` seen with `digest`; whether it differs from the last.
+        let seen = |rows: &mut HashMap<String, (u64, u64)>, key: &str, digest: u64| match rows
+            .get_mut(key)
+        {
+            Some(r) => {
+                r.1 = pass;
+                std::mem::replace(&mut r.0, digest) != digest
+            }
+            None => {
+                rows.insert(key.to_string(), (digest, pass));
+                true
+            }
+        };
         for (claim, a) in self.core.assignments() {
-            rows.insert(
-                claim.to_string(),
-                LeaseRow {
+            let mine = a.node == *me && Some(a.epoch) == epoch && joined;
+            if seen(
+                &mut self.rows,
+                claim,
+                digest(&(claim, &a.node, mine, a.epoch)),
+            ) {
+                changed.push(LeaseRow {
                     service: claim.to_string(),
                     lease: lease_for_service(claim),
                     holder: a.node.clone(),
-                    me: a.node == *me && Some(a.epoch) == epoch && self.core.joined(now),
+                    me: mine,
                     acquired: String::new(),
                     renewed: String::new(),
                     transitions: i32::try_from(a.epoch).unwrap_or(i32::MAX),
-                },
-            );
+                });
+            }
         }
         for (node, hb, _) in self.core.heartbeats() {
             let key = format!("node:{node}");
@@ -421,42 +450,54 @@ impl HeartbeatActor {
                 None if hb.holder.is_empty() => "released".to_string(),
                 None => "member".to_string(),
             };
-            rows.insert(
-                key.clone(),
-                LeaseRow {
+            let mine = node == me && joined;
+            let d = digest(&(&key, &hb.holder, &state, mine, hb.epoch));
+            if seen(&mut self.rows, &key, d) {
+                changed.push(LeaseRow {
                     service: key,
                     lease: format!("{HEARTBEAT_PREFIX}{node}"),
                     holder: hb.holder.clone(),
-                    me: node == me && self.core.joined(now),
+                    me: mine,
                     acquired: String::new(),
                     renewed: state,
                     transitions: i32::try_from(hb.epoch).unwrap_or(i32::MAX),
-                },
-            );
+                });
+            }
         }
-        if rows == self.rows {
+        let gone: Vec<String> = self
+            .rows
+            .iter()
+            .filter(|(_, (_, p))| *p != pass)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if changed.is_empty() && gone.is_empty() {
             return;
         }
         let mut txn = self.db.write_txn();
-        for (k, old) in &self.rows {
-            if !rows.contains_key(k)
-                && let Err(e) = self.table.delete(&mut txn, old)
-            {
+        for k in &gone {
+            if let Err(e) = self.table.delete_key(&mut txn, k) {
                 warn!(error = %e, "deleting from leases table");
             }
+            self.rows.remove(k);
         }
-        for (k, row) in &rows {
-            if self.rows.get(k) != Some(row)
-                && let Err(e) = self.table.insert(&mut txn, row.clone())
-            {
+        for row in changed {
+            if let Err(e) = self.table.insert(&mut txn, row) {
                 warn!(error = %e, "writing leases table");
             }
         }
-        match txn.commit() {
-            Ok(()) => self.rows = rows,
-            Err(e) => warn!(error = %e, "committing leases table"),
+        if let Err(e) = txn.commit() {
+            warn!(error = %e, "committing leases table");
+            // Not written: the next pass writes every row again.
+            self.rows.clear();
         }
     }
+}
+
+/// A digest of what a `leases` row is made from.
+fn digest(inputs: &impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    inputs.hash(&mut h);
+    h.finish()
 }
 
 impl Actor for HeartbeatActor {
