@@ -237,7 +237,7 @@ fn test(extra: &[String]) -> Result {
     run(cargo().args(["test", "--workspace", "--doc", "--locked"]))?;
     // The image built and checked from the debug agent the tests just
     // built: every check of `cargo xtask image` in ~25 s, where the release
-    // build alone takes ~4 min here.
+    // build alone takes ~6 min here (fat LTO).
     image::image(&["--debug".to_string()])
 }
 

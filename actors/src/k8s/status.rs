@@ -54,13 +54,13 @@ struct Wanted {
     message: String,
     /// Only if the condition still names this node (a release).
     conditional: bool,
-    node: String,
+    node: Arc<str>,
 }
 
 /// The observer half: hands changes to the writing task.
 pub struct ServiceStatus {
     tx: mpsc::UnboundedSender<Wanted>,
-    node: String,
+    node: Arc<str>,
 }
 
 impl ServiceStatus {
@@ -74,16 +74,19 @@ impl ServiceStatus {
         tokio::spawn(write(client, background, rx));
         Arc::new(ServiceStatus {
             tx,
-            node: node.to_string(),
+            node: node.into(),
         })
     }
 
     fn send(&self, mut w: Wanted) {
-        // Labels and IPs are not written here; a change may wait a while
-        // (thousands of them after a mass create), so it holds no copy.
+        // Only the name, resourceVersion, generation and conditions are
+        // read here; a change may wait a while (thousands of them after a
+        // mass create), so it holds nothing else.
         w.service.labels.clear();
         w.service.external_ips = Vec::new();
         w.service.load_balancer_ips = Vec::new();
+        w.service.uid = String::new();
+        w.service.load_balancer_class = None;
         let _ = self.tx.send(w);
     }
 }
@@ -244,6 +247,9 @@ async fn write(
                 waiting.insert(key, w);
                 continue;
             }
+            // The latest state goes out: earlier limited ones are moot (and
+            // the budget can be forgotten once it is full again).
+            budget.take_dropped();
             let api: Api<Service> = Api::namespaced(client.clone(), &w.service.namespace);
             let mut patch = serde_json::json!({ "status": { "conditions": conditions } });
             if w.conditional {

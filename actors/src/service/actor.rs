@@ -106,7 +106,7 @@ pub struct ServiceActor {
     /// Claims the LeaseActor decided at least once in this run.
     decided: BTreeSet<String>,
     /// Services this node announces, with what, for the stop reports: the
-    /// view without labels and conditions (the store has them while the
+    /// view without labels, IPs and conditions (the store has them while the
     /// Service exists; a stop report takes them from there).
     announcing: BTreeMap<String, (ServiceView, Candidacy)>,
     /// Claims this node is a candidate for some members of but not all:
@@ -483,6 +483,8 @@ impl ServiceActor {
         let kept = |v: ServiceView| ServiceView {
             labels: BTreeMap::new(),
             conditions: Vec::new(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
             ..v
         };
         match (now, self.announcing.get_mut(service)) {

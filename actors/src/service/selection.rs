@@ -114,6 +114,11 @@ pub struct StoredService {
     pub metadata: ObjectMeta,
     pub spec: Option<StoredServiceSpec>,
     pub status: Option<StoredServiceStatus>,
+    /// `metadata.labels`, moved here by [`keep_viewed`]: a sorted vector,
+    /// where a map of a Service's usual two labels costs a whole B-tree
+    /// node.
+    #[serde(skip)]
+    pub labels: Vec<(String, String)>,
 }
 
 /// The read parts of `spec`.
@@ -157,11 +162,13 @@ impl k8s_openapi::Metadata for StoredService {
 /// stores the Service.
 pub fn keep_viewed(svc: &mut StoredService) {
     let metadata = std::mem::take(&mut svc.metadata);
+    svc.labels.extend(metadata.labels.into_iter().flatten());
+    svc.labels.sort();
+    svc.labels.shrink_to_fit();
     svc.metadata = ObjectMeta {
         name: metadata.name,
         namespace: metadata.namespace,
         uid: metadata.uid,
-        labels: metadata.labels,
         resource_version: metadata.resource_version,
         generation: metadata.generation,
         ..ObjectMeta::default()
@@ -176,7 +183,14 @@ pub fn service_view(svc: &StoredService) -> ServiceView {
         namespace: svc.namespace().unwrap_or_default(),
         name: svc.name_any(),
         uid: svc.uid().unwrap_or_default(),
-        labels: svc.labels().clone(),
+        labels: svc
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .chain(svc.labels.iter().map(|(k, v)| (k, v)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         load_balancer_class: spec.load_balancer_class.clone(),
         external_ips: spec
             .external_ips
@@ -461,6 +475,8 @@ mod tests {
         assert_eq!(v.load_balancer_class.as_deref(), Some(L2_ANNOUNCER_CLASS));
         assert_eq!(v.conditions.len(), 1);
         assert!(svc.metadata.annotations.is_none() && svc.metadata.managed_fields.is_none());
+        assert!(svc.metadata.labels.is_none());
+        assert_eq!(svc.labels, [("color".to_string(), "blue".to_string())]);
     }
 
     #[test]
