@@ -162,9 +162,8 @@ impl k8s_openapi::Metadata for StoredService {
 /// stores the Service.
 pub fn keep_viewed(svc: &mut StoredService) {
     let metadata = std::mem::take(&mut svc.metadata);
-    svc.labels.extend(metadata.labels.into_iter().flatten());
-    svc.labels.sort();
-    svc.labels.shrink_to_fit();
+    // In key order, and exactly sized (the map's iterator knows its length).
+    svc.labels = metadata.labels.into_iter().flatten().collect();
     svc.metadata = ObjectMeta {
         name: metadata.name,
         namespace: metadata.namespace,
