@@ -674,6 +674,69 @@ fn rbac_grants_exactly_what_the_agent_uses() {
     );
 }
 
+/// The release of a node's heartbeat on shutdown is written with the
+/// resourceVersion its last renewal returned; a renewal still in flight
+/// may land first. The release then reads the heartbeat again and retries
+/// while it is still this node's of that epoch; an eviction (or a later
+/// epoch) seen on that read is left as it is.
+#[test]
+fn a_release_refused_after_a_renewal_is_retried_and_an_eviction_left_alone() {
+    use actors::lease::heartbeat::{EVICTED_BY, HEARTBEAT_PREFIX, heartbeat_of, release_heartbeat};
+    let cluster = Cluster::start();
+    let api: Api<Lease> = Api::namespaced(cluster.client.clone(), "kube-system");
+    let name = format!("{HEARTBEAT_PREFIX}node-a");
+    let live: Lease = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"holderIdentity": "node-a", "leaseDurationSeconds": 2, "leaseTransitions": 3}
+    }))
+    .expect("lease");
+    let renewed_before = |evicted: bool| {
+        let created = cluster
+            .rt
+            .block_on(api.create(&PostParams::default(), &live))
+            .expect("create heartbeat");
+        // The release, built from what the last renewal returned.
+        let mut released = created.clone();
+        released.spec.as_mut().expect("spec").holder_identity = Some(String::new());
+        // A renewal (or an eviction) lands first.
+        let mut next = created.clone();
+        next.spec.as_mut().expect("spec").renew_time =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        if evicted {
+            next.spec.as_mut().expect("spec").holder_identity = Some(String::new());
+            next.metadata.annotations =
+                Some([(EVICTED_BY.to_string(), "node-b".to_string())].into());
+        }
+        cluster
+            .rt
+            .block_on(api.replace(&name, &PostParams::default(), &next))
+            .expect("renew");
+        cluster
+            .rt
+            .block_on(release_heartbeat(&api, &name, released, "node-a"));
+        let after = cluster.rt.block_on(api.get(&name)).expect("get");
+        cluster
+            .rt
+            .block_on(api.delete(&name, &DeleteParams::default()))
+            .expect("delete");
+        heartbeat_of(&after)
+    };
+    let hb = renewed_before(false);
+    assert_eq!(
+        (hb.holder.as_str(), hb.epoch, hb.evicted_by),
+        ("", 3, None),
+        "released"
+    );
+    let hb = renewed_before(true);
+    assert_eq!(
+        hb.evicted_by.as_deref(),
+        Some("node-b"),
+        "an eviction must stay as written"
+    );
+}
+
 /// Creates pod `name` on `node` with `ips` in its status (phase Running).
 fn pod(cluster: &Cluster, name: &str, node: &str, host_network: bool, ips: &[&str]) {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");

@@ -655,6 +655,7 @@ impl Handler<ReleaseAll> for HeartbeatActor {
         let api = self.leases.clone();
         let name = format!("{HEARTBEAT_PREFIX}{}", self.config.me);
         let lease = release.map(|(rv, hb)| self.heartbeat_lease(&name, &hb, Some(rv)));
+        let me = self.config.me.clone();
         Box::pin(
             async move {
                 if let Err(e) = closed.await {
@@ -662,13 +663,47 @@ impl Handler<ReleaseAll> for HeartbeatActor {
                     return;
                 }
                 if let Some(lease) = lease {
-                    match api.replace(&name, &PostParams::default(), &lease).await {
-                        Ok(_) => info!("released every claim"),
-                        Err(e) => warn!(error = %e, "releasing the heartbeat"),
-                    }
+                    release_heartbeat(&api, &name, lease, &me).await;
                 }
             }
             .into_actor(self),
         )
     }
+}
+
+/// Writes the released heartbeat. A renewal of this same epoch may land
+/// between the read of its resourceVersion and this write (the write is
+/// then refused): read it again and retry while it is still this node's
+/// live heartbeat of that epoch — anything else (evicted, already
+/// released, a later epoch) is left as it is, the fences being closed.
+pub async fn release_heartbeat(api: &Api<Lease>, name: &str, mut lease: Lease, me: &str) {
+    const ATTEMPTS: usize = 5;
+    let epoch = heartbeat_of(&lease).epoch;
+    for _ in 0..ATTEMPTS {
+        match api.replace(name, &PostParams::default(), &lease).await {
+            Ok(_) => {
+                info!("released every claim");
+                return;
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => {
+                warn!(error = %e, "releasing the heartbeat");
+                return;
+            }
+        }
+        let current = match api.get(name).await {
+            Ok(current) => current,
+            Err(e) => {
+                warn!(error = %e, "releasing the heartbeat: reading it again");
+                return;
+            }
+        };
+        let seen = heartbeat_of(&current);
+        if !seen.member(me) || seen.epoch != epoch {
+            info!("the heartbeat was no longer this node's to release");
+            return;
+        }
+        lease.metadata.resource_version = current.metadata.resource_version;
+    }
+    warn!("releasing the heartbeat: refused {ATTEMPTS} times; it expires by itself");
 }

@@ -15,7 +15,7 @@ pub mod rendezvous;
 
 pub use actor::{
     EVICTED_BY, HEARTBEAT_LABEL, HEARTBEAT_PREFIX, HeartbeatActor, HeartbeatConfig, RECORD_KEY,
-    RECORD_LABEL, RECORD_PREFIX, heartbeat_of, shard_of_configmap,
+    RECORD_LABEL, RECORD_PREFIX, heartbeat_of, release_heartbeat, shard_of_configmap,
 };
 
 #[cfg(test)]
