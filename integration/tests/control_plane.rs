@@ -684,6 +684,13 @@ fn a_release_refused_after_a_renewal_is_retried_and_an_eviction_left_alone() {
     use actors::lease::heartbeat::{EVICTED_BY, HEARTBEAT_PREFIX, heartbeat_of, release_heartbeat};
     let cluster = Cluster::start();
     let api: Api<Lease> = Api::namespaced(cluster.client.clone(), "kube-system");
+    // The release runs as the agent does (its user agent), the rest as the
+    // test.
+    let agent = cluster
+        .rt
+        .block_on(async { cluster.server.client_with_user_agent("l2announcer/test") })
+        .expect("client");
+    let agent_api: Api<Lease> = Api::namespaced(agent, "kube-system");
     let name = format!("{HEARTBEAT_PREFIX}node-a");
     let live: Lease = serde_json::from_value(json!({
         "metadata": {"name": name},
@@ -715,7 +722,7 @@ fn a_release_refused_after_a_renewal_is_retried_and_an_eviction_left_alone() {
             .expect("renew");
         cluster
             .rt
-            .block_on(release_heartbeat(&api, &name, released, "node-a"));
+            .block_on(release_heartbeat(&agent_api, &name, released, "node-a"));
         let after = cluster.rt.block_on(api.get(&name)).expect("get");
         cluster
             .rt
@@ -735,6 +742,13 @@ fn a_release_refused_after_a_renewal_is_retried_and_an_eviction_left_alone() {
         Some("node-b"),
         "an eviction must stay as written"
     );
+    // The release's own requests (replace, and a list by name to read the
+    // Lease again) are allowed by deploy/'s Role.
+    let log = cluster.server.request_log();
+    let used = rbac::used(&log);
+    assert!(used.len() >= 2, "the release's requests: {used:?}");
+    let denied = rbac::Grants::deploy().denied(&log);
+    assert!(denied.is_empty(), "not allowed by deploy/: {denied:#?}");
 }
 
 /// Creates pod `name` on `node` with `ips` in its status (phase Running).

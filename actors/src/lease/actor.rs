@@ -24,6 +24,7 @@ use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
 use super::election::{Decision, Election, LeaseRecord, LeaseTiming, lease_name};
+use super::write_release;
 use crate::announce::Fences;
 use crate::k8s::client::ClientBudget;
 use crate::k8s::reflect::{is_listed, reflected};
@@ -593,11 +594,13 @@ impl LeaseActor {
         let api = self.api.clone();
         let lease = to_lease(name, &record, Some(rv));
         let name = name.to_string();
+        let me = self.me.clone();
         Some(async move {
-            if let Err(e) = api.replace(&name, &PostParams::default(), &lease).await {
-                warn!(lease = %name, error = %e, "releasing lease");
-            } else {
-                info!(lease = %name, "released lease");
+            let ours = |current: &Lease| from_lease(current).holder == me;
+            match write_release(&api, &name, lease, ours).await {
+                Ok(true) => info!(lease = %name, "released lease"),
+                Ok(false) => info!(lease = %name, "the lease was no longer this node's to release"),
+                Err(e) => warn!(lease = %name, error = %e, "releasing lease"),
             }
         })
     }

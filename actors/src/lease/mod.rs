@@ -19,6 +19,41 @@ pub use actor::{
 };
 pub use election::{LeaseTiming, lease_name};
 
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+
+/// Writes a release (`lease`, carrying the resourceVersion this node last
+/// wrote or saw). A renewal of this node still in flight may land first
+/// and the release is then refused (409): the Lease is read again and the
+/// release written on its new version while `ours` says the Lease is still
+/// this node's to release. `Ok(false)`: it no longer was, nothing written.
+pub async fn write_release(
+    api: &Api<Lease>,
+    name: &str,
+    mut lease: Lease,
+    ours: impl Fn(&Lease) -> bool,
+) -> Result<bool, kube::Error> {
+    const ATTEMPTS: usize = 5;
+    for attempt in 1.. {
+        match api.replace(name, &PostParams::default(), &lease).await {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < ATTEMPTS => {}
+            Err(e) => return Err(e),
+        }
+        // A list by name: the Role grants no `get` on Leases.
+        let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
+        let Some(current) = api.list(&by_name).await?.items.into_iter().next() else {
+            return Ok(false);
+        };
+        if !ours(&current) {
+            return Ok(false);
+        }
+        lease.metadata.resource_version = current.metadata.resource_version;
+    }
+    unreachable!("the loop returns by its last attempt")
+}
+
 /// Which election the agent runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ElectionMode {

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use super::core::{Action, CoreConfig, Heartbeat, HeartbeatCore, SHARDS, Shard};
 use super::mirror::Mirror;
 use crate::announce::Fences;
-use crate::lease::{LeaseObserver, LeaseTiming, lease_for_service};
+use crate::lease::{LeaseObserver, LeaseTiming, lease_for_service, write_release};
 use crate::messages::{
     Campaign, CandidaciesSynced, Leadership, NodeSelected, ReleaseAll, Withdraw,
 };
@@ -671,39 +671,19 @@ impl Handler<ReleaseAll> for HeartbeatActor {
     }
 }
 
-/// Writes the released heartbeat. A renewal of this same epoch may land
-/// between the read of its resourceVersion and this write (the write is
-/// then refused): read it again and retry while it is still this node's
-/// live heartbeat of that epoch — anything else (evicted, already
-/// released, a later epoch) is left as it is, the fences being closed.
-pub async fn release_heartbeat(api: &Api<Lease>, name: &str, mut lease: Lease, me: &str) {
-    const ATTEMPTS: usize = 5;
+/// Writes the released heartbeat (see [`crate::lease::write_release`]):
+/// retried while the heartbeat read again is still this node's live one
+/// of that epoch — anything else (evicted, already released, a later
+/// epoch) is left as it is, the fences being closed.
+pub async fn release_heartbeat(api: &Api<Lease>, name: &str, lease: Lease, me: &str) {
     let epoch = heartbeat_of(&lease).epoch;
-    for _ in 0..ATTEMPTS {
-        match api.replace(name, &PostParams::default(), &lease).await {
-            Ok(_) => {
-                info!("released every claim");
-                return;
-            }
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => {
-                warn!(error = %e, "releasing the heartbeat");
-                return;
-            }
-        }
-        let current = match api.get(name).await {
-            Ok(current) => current,
-            Err(e) => {
-                warn!(error = %e, "releasing the heartbeat: reading it again");
-                return;
-            }
-        };
-        let seen = heartbeat_of(&current);
-        if !seen.member(me) || seen.epoch != epoch {
-            info!("the heartbeat was no longer this node's to release");
-            return;
-        }
-        lease.metadata.resource_version = current.metadata.resource_version;
+    let ours = |current: &Lease| {
+        let seen = heartbeat_of(current);
+        seen.member(me) && seen.epoch == epoch
+    };
+    match write_release(api, name, lease, ours).await {
+        Ok(true) => info!("released every claim"),
+        Ok(false) => info!("the heartbeat was no longer this node's to release"),
+        Err(e) => warn!(error = %e, "releasing the heartbeat; it expires by itself"),
     }
-    warn!("releasing the heartbeat: refused {ATTEMPTS} times; it expires by itself");
 }
