@@ -501,6 +501,14 @@ pub(crate) fn decode_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
 }
 
+/// How many rows a writer that needs no atomicity across them commits at
+/// a time ([`WriteTxn::checkpoint_when_full`]). sled keeps every version of
+/// the tree nodes a transaction rewrites until the transaction ends: one
+/// transaction of 5,000 rows held tens of MiB while it ran, and the heap it
+/// grew stayed fragmented after (the agent's RSS at 5,000 Services fell by
+/// a third once its bulk writers committed every few hundred rows).
+pub const ROWS_PER_COMMIT: usize = 256;
+
 /// A write transaction over any number of tables. Reads through it see its
 /// own writes. [`commit`](WriteTxn::commit) applies everything atomically;
 /// dropping it (or [`abort`](WriteTxn::abort)) discards everything.
@@ -535,6 +543,36 @@ impl WriteTxn<'_> {
     /// Applies every write atomically and wakes the change readers of the
     /// tables that changed. On error nothing was applied.
     pub fn commit(mut self) -> Result<(), Error> {
+        self.apply()
+    }
+
+    /// Rows written (inserted or deleted) since the transaction began or
+    /// its last [`checkpoint`](WriteTxn::checkpoint).
+    pub fn pending_rows(&self) -> usize {
+        self.tables.iter().map(|p| p.trees[ROWS].len()).sum()
+    }
+
+    /// Commits the writes so far, as [`commit`](WriteTxn::commit) does, and
+    /// goes on as an empty transaction under the same write lock (no other
+    /// writer comes in between). For writers of many rows that need no
+    /// atomicity across them: see [`ROWS_PER_COMMIT`]. On error nothing of
+    /// this step was applied and the transaction is empty.
+    pub fn checkpoint(&mut self) -> Result<(), Error> {
+        let result = self.apply();
+        self.tables.clear();
+        result
+    }
+
+    /// [`checkpoint`](WriteTxn::checkpoint) once [`ROWS_PER_COMMIT`] rows
+    /// are pending.
+    pub fn checkpoint_when_full(&mut self) -> Result<(), Error> {
+        if self.pending_rows() >= ROWS_PER_COMMIT {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self) -> Result<(), Error> {
         self.tables
             .retain(|p| p.revision != p.core.committed_revision());
         if self.tables.is_empty() {

@@ -10,7 +10,11 @@
 //! * Writes go through a [`WriteTxn`] spanning any tables; [`WriteTxn::commit`]
 //!   applies them in one sled transaction (all or nothing, also across a
 //!   crash), dropping the transaction aborts it. By default a commit is
-//!   flushed to disk before it returns ([`Durability`]).
+//!   flushed to disk before it returns ([`Durability`]). Writers of many
+//!   rows that need no atomicity across them commit in steps
+//!   ([`WriteTxn::checkpoint_when_full`], every [`ROWS_PER_COMMIT`] rows,
+//!   under the same write lock): sled holds every node version a
+//!   transaction makes until it ends.
 //! * Each table has a revision, bumped by every insert and delete; each row
 //!   carries the revision it was last written at ([`Entry`]).
 //! * Reads: [`Table::get`] / [`Table::get_all`] by any index, [`Table::list`],
@@ -97,7 +101,7 @@ pub mod reconciler;
 mod table;
 
 pub use any::{AnyChange, AnyChanges, AnyTable, render_table};
-pub use db::{Db, Durability, ReadTxn, WriteTxn};
+pub use db::{Db, Durability, ROWS_PER_COMMIT, ReadTxn, WriteTxn};
 pub use key::ToKey;
 pub use reconciler::{Reconcilable, Reconciler, ReconcilerConfig, Round, Status, Target};
 pub use table::{Change, Changes, Entry, Index, Revision, Row, Table, TableDef};

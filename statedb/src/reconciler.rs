@@ -416,6 +416,9 @@ impl<R: Reconcilable, T: Target<R>> Reconciler<R, T> {
                 let mut row = current.row;
                 row.set_status(status);
                 self.table.insert(&mut txn, row)?;
+                // Each status stands alone: a large round is committed in
+                // steps, which keeps sled's memory down.
+                txn.checkpoint_when_full()?;
             }
         }
         txn.commit()?;

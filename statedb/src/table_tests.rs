@@ -225,6 +225,49 @@ fn one_transaction_spans_tables_with_their_own_revisions() {
 }
 
 #[test]
+fn a_checkpoint_commits_what_is_pending_and_the_transaction_goes_on() {
+    let (db, t) = setup();
+    let mut changes = t.changes(&db);
+    let mut txn = db.write_txn();
+    t.insert(&mut txn, svc("a", "192.0.2.1", &[])).unwrap();
+    t.insert(&mut txn, svc("b", "192.0.2.2", &[])).unwrap();
+    assert_eq!(txn.pending_rows(), 2);
+    // Below the step size nothing is committed.
+    txn.checkpoint_when_full().unwrap();
+    assert_eq!(txn.pending_rows(), 2);
+    assert!(t.list(&db).unwrap().is_empty());
+    txn.checkpoint().unwrap();
+    assert_eq!(txn.pending_rows(), 0);
+    // Committed: readers and change streams see it while the writer goes on.
+    assert_eq!(names(&t.list(&db).unwrap()), ["a", "b"]);
+    assert_eq!(t.revision(&db), 2);
+    assert_eq!(changes.next_batch().unwrap().len(), 2);
+    // The transaction still reads its own (now committed) writes and
+    // checks unique indexes against them.
+    assert!(t.insert(&mut txn, svc("c", "192.0.2.1", &[])).is_err());
+    t.delete(&mut txn, &svc("a", "192.0.2.1", &[])).unwrap();
+    t.insert(&mut txn, svc("c", "192.0.2.3", &[])).unwrap();
+    // Dropping it discards what came after the checkpoint only.
+    drop(txn);
+    assert_eq!(names(&t.list(&db).unwrap()), ["a", "b"]);
+    assert_eq!(t.revision(&db), 2);
+    // Full steps commit by themselves.
+    let mut txn = db.write_txn();
+    for i in 0..crate::ROWS_PER_COMMIT + 3 {
+        t.insert(
+            &mut txn,
+            svc(&format!("s{i}"), &format!("2001:db8::{i:x}"), &[]),
+        )
+        .unwrap();
+        txn.checkpoint_when_full().unwrap();
+    }
+    assert_eq!(txn.pending_rows(), 3);
+    assert_eq!(t.list(&db).unwrap().len(), 2 + crate::ROWS_PER_COMMIT);
+    txn.commit().unwrap();
+    assert_eq!(t.list(&db).unwrap().len(), 2 + crate::ROWS_PER_COMMIT + 3);
+}
+
+#[test]
 fn prefix_scans_follow_index_order() {
     let (db, t) = setup();
     let mut txn = db.write_txn();

@@ -461,6 +461,10 @@ impl ServiceActor {
                 warn!(error = %err, "tidying rows of an earlier run");
             }
             writes += 1;
+            // Rows stand alone: thousands are committed in steps.
+            if let Err(err) = txn.checkpoint_when_full() {
+                warn!(error = %err, "committing l2-announce");
+            }
         }
         if writes == 0 {
             txn.abort();

@@ -473,19 +473,24 @@ impl HeartbeatActor {
         if changed.is_empty() && gone.is_empty() {
             return;
         }
+        // Rows are independent: committed a few hundred at a time, which
+        // keeps sled's memory down when thousands change at once.
         let mut txn = self.db.write_txn();
+        let mut result = Ok(());
         for k in &gone {
             if let Err(e) = self.table.delete_key(&mut txn, k) {
                 warn!(error = %e, "deleting from leases table");
             }
             self.rows.remove(k);
+            result = result.and(txn.checkpoint_when_full());
         }
         for row in changed {
             if let Err(e) = self.table.insert(&mut txn, row) {
                 warn!(error = %e, "writing leases table");
             }
+            result = result.and(txn.checkpoint_when_full());
         }
-        if let Err(e) = txn.commit() {
+        if let Err(e) = result.and(txn.commit()) {
             warn!(error = %e, "committing leases table");
             // Not written: the next pass writes every row again.
             self.rows.clear();
