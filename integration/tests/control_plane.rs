@@ -674,14 +674,29 @@ fn rbac_grants_exactly_what_the_agent_uses() {
     );
 }
 
-/// The release of a node's heartbeat on shutdown is written with the
-/// resourceVersion its last renewal returned; a renewal still in flight
-/// may land first. The release then reads the heartbeat again and retries
-/// while it is still this node's of that epoch; an eviction (or a later
-/// epoch) seen on that read is left as it is.
+/// What lands on a Lease between the write a release was built from and
+/// the release itself.
+#[derive(Clone, Copy, Debug)]
+enum Crossing {
+    /// A renewal of the releasing node (same holder, same epoch).
+    Renewal,
+    /// Another node's eviction of it.
+    Eviction,
+    /// The same holder under a later epoch (a new run of the agent).
+    NewEpoch,
+    /// Another node took the per-Service Lease.
+    TakenOver,
+}
+
+/// The release of a Lease on shutdown is written with the resourceVersion
+/// the node's last write returned; a renewal of its own still in flight may
+/// land first. The release then reads the Lease again and retries while it
+/// is still this node's (heartbeat: holder, not evicted, same epoch;
+/// per-Service Lease: holder); anything else is left as it is.
 #[test]
-fn a_release_refused_after_a_renewal_is_retried_and_an_eviction_left_alone() {
+fn a_release_crossed_by_its_own_renewal_is_retried_anything_else_left_alone() {
     use actors::lease::heartbeat::{EVICTED_BY, HEARTBEAT_PREFIX, heartbeat_of, release_heartbeat};
+    use actors::lease::{from_lease, write_release};
     let cluster = Cluster::start();
     let api: Api<Lease> = Api::namespaced(cluster.client.clone(), "kube-system");
     // The release runs as the agent does (its user agent), the rest as the
@@ -691,57 +706,78 @@ fn a_release_refused_after_a_renewal_is_retried_and_an_eviction_left_alone() {
         .block_on(async { cluster.server.client_with_user_agent("l2announcer/test") })
         .expect("client");
     let agent_api: Api<Lease> = Api::namespaced(agent, "kube-system");
-    let name = format!("{HEARTBEAT_PREFIX}node-a");
-    let live: Lease = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {"holderIdentity": "node-a", "leaseDurationSeconds": 2, "leaseTransitions": 3}
-    }))
-    .expect("lease");
-    let renewed_before = |evicted: bool| {
+    // Creates `name` held by node-a at epoch 3, lands `crossing`, runs
+    // `release` with the release built from the created Lease; the Lease
+    // after.
+    let run = |name: &str, crossing: Crossing, heartbeat: bool| {
+        let live: Lease = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"holderIdentity": "node-a", "leaseDurationSeconds": 2, "leaseTransitions": 3}
+        }))
+        .expect("lease");
         let created = cluster
             .rt
             .block_on(api.create(&PostParams::default(), &live))
-            .expect("create heartbeat");
-        // The release, built from what the last renewal returned.
+            .expect("create");
         let mut released = created.clone();
         released.spec.as_mut().expect("spec").holder_identity = Some(String::new());
-        // A renewal (or an eviction) lands first.
         let mut next = created.clone();
-        next.spec.as_mut().expect("spec").renew_time =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
-                k8s_openapi::jiff::Timestamp::now(),
-            ));
-        if evicted {
-            next.spec.as_mut().expect("spec").holder_identity = Some(String::new());
-            next.metadata.annotations =
-                Some([(EVICTED_BY.to_string(), "node-b".to_string())].into());
+        let spec = next.spec.as_mut().expect("spec");
+        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        match crossing {
+            Crossing::Renewal => {}
+            Crossing::Eviction => {
+                spec.holder_identity = Some(String::new());
+                next.metadata.annotations =
+                    Some([(EVICTED_BY.to_string(), "node-b".to_string())].into());
+            }
+            Crossing::NewEpoch => spec.lease_transitions = Some(4),
+            Crossing::TakenOver => spec.holder_identity = Some("node-b".to_string()),
         }
         cluster
             .rt
-            .block_on(api.replace(&name, &PostParams::default(), &next))
-            .expect("renew");
+            .block_on(api.replace(name, &PostParams::default(), &next))
+            .expect("crossing write");
+        if heartbeat {
+            cluster
+                .rt
+                .block_on(release_heartbeat(&agent_api, name, released, "node-a"));
+        } else {
+            let ours = |l: &Lease| from_lease(l).holder == "node-a";
+            cluster
+                .rt
+                .block_on(write_release(&agent_api, name, released, ours))
+                .expect("release");
+        }
+        let after = cluster.rt.block_on(api.get(name)).expect("get");
         cluster
             .rt
-            .block_on(release_heartbeat(&agent_api, &name, released, "node-a"));
-        let after = cluster.rt.block_on(api.get(&name)).expect("get");
-        cluster
-            .rt
-            .block_on(api.delete(&name, &DeleteParams::default()))
+            .block_on(api.delete(name, &DeleteParams::default()))
             .expect("delete");
-        heartbeat_of(&after)
+        after
     };
-    let hb = renewed_before(false);
+    let hb = format!("{HEARTBEAT_PREFIX}node-a");
+    let after = heartbeat_of(&run(&hb, Crossing::Renewal, true));
     assert_eq!(
-        (hb.holder.as_str(), hb.epoch, hb.evicted_by),
+        (after.holder.as_str(), after.epoch, after.evicted_by),
         ("", 3, None),
-        "released"
+        "released over its own renewal"
     );
-    let hb = renewed_before(true);
+    let after = heartbeat_of(&run(&hb, Crossing::Eviction, true));
+    assert_eq!(after.evicted_by.as_deref(), Some("node-b"), "eviction kept");
+    let after = heartbeat_of(&run(&hb, Crossing::NewEpoch, true));
     assert_eq!(
-        hb.evicted_by.as_deref(),
-        Some("node-b"),
-        "an eviction must stay as written"
+        (after.holder.as_str(), after.epoch),
+        ("node-a", 4),
+        "a later epoch is not this run's to release"
     );
+    let svc = "cilium-l2announce-default-web";
+    let after = from_lease(&run(svc, Crossing::Renewal, false));
+    assert_eq!(after.holder, "", "released over its own renewal");
+    let after = from_lease(&run(svc, Crossing::TakenOver, false));
+    assert_eq!(after.holder, "node-b", "another holder kept");
     // The release's own requests (replace, and a list by name to read the
     // Lease again) are allowed by deploy/'s Role.
     let log = cluster.server.request_log();

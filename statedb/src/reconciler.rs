@@ -387,9 +387,25 @@ impl<R: Reconcilable, T: Target<R>> Reconciler<R, T> {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let primary = self.table.primary_index();
         let mut failed = Vec::new();
+        let result = self.write_statuses(outcomes, round, &mut failed);
+        // Retries for the failures written so far, even when a later step
+        // of the write failed (those rows are no longer pending).
+        for (pk, attempts) in failed {
+            self.schedule(pk, attempts, RetryOp::Update);
+        }
+        result
+    }
+
+    fn write_statuses(
+        &mut self,
+        outcomes: Vec<UpdateOutcome>,
+        round: &mut Round,
+        failed: &mut Vec<(Vec<u8>, u32)>,
+    ) -> Result<(), Error> {
+        let primary = self.table.primary_index();
         let mut txn = self.db.write_txn();
+        let mut step = Vec::new();
         for outcome in outcomes {
             let status = match outcome.result {
                 Ok(()) => {
@@ -410,7 +426,7 @@ impl<R: Reconcilable, T: Target<R>> Reconciler<R, T> {
                 continue; // rewritten meanwhile: its change comes next
             }
             if let Status::Error { attempts, .. } = &status {
-                failed.push((outcome.pk, *attempts));
+                step.push((outcome.pk, *attempts));
             }
             if current.row.status() != &status {
                 let mut row = current.row;
@@ -418,13 +434,14 @@ impl<R: Reconcilable, T: Target<R>> Reconciler<R, T> {
                 self.table.insert(&mut txn, row)?;
                 // Each status stands alone: a large round is committed in
                 // steps, which keeps sled's memory down.
-                txn.checkpoint_when_full()?;
+                if txn.pending_rows() >= crate::ROWS_PER_COMMIT {
+                    txn.checkpoint()?;
+                    failed.append(&mut step);
+                }
             }
         }
         txn.commit()?;
-        for (pk, attempts) in failed {
-            self.schedule(pk, attempts, RetryOp::Update);
-        }
+        failed.append(&mut step);
         Ok(())
     }
 }

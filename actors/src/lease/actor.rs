@@ -144,6 +144,8 @@ pub struct LeaseActor {
     leases: statedb::Table<LeaseRow>,
     /// By lease name.
     slots: BTreeMap<String, Slot>,
+    /// [`ReleaseAll`] came: no campaign is started any more.
+    stopping: bool,
     seen: Seen,
     leadership: Recipient<Leadership>,
     fences: Fences,
@@ -223,6 +225,7 @@ impl LeaseActor {
         Ok(LeaseActor {
             api: Api::namespaced(client, &config.namespace),
             me: config.me,
+            stopping: false,
             timing: config.timing,
             leases: statedb::Table::open(&db, LEASES)?,
             db,
@@ -588,7 +591,17 @@ impl LeaseActor {
     }
 
     /// Releases `name` if held: holder cleared, one-second duration.
-    fn release(&mut self, name: &str) -> Option<impl Future<Output = ()> + use<>> {
+    /// The write that releases `name`, when held. `over_own_renewal`: on
+    /// shutdown only — a refusal caused by a renewal of this node that
+    /// crossed it is retried ([`write_release`]), which is safe because no
+    /// slot exists any more to open a fence again (and no campaign makes
+    /// one). A withdrawn claim may be campaigned for again at once, and its
+    /// new election renew: a refused release of it is left refused.
+    fn release(
+        &mut self,
+        name: &str,
+        over_own_renewal: bool,
+    ) -> Option<impl Future<Output = ()> + use<>> {
         let slot = self.slots.get(name)?;
         let (record, rv) = slot.election.release_record(&rfc3339_now())?;
         let api = self.api.clone();
@@ -596,10 +609,10 @@ impl LeaseActor {
         let name = name.to_string();
         let me = self.me.clone();
         Some(async move {
-            let ours = |current: &Lease| from_lease(current).holder == me;
+            let ours = |current: &Lease| over_own_renewal && from_lease(current).holder == me;
             match write_release(&api, &name, lease, ours).await {
                 Ok(true) => info!(lease = %name, "released lease"),
-                Ok(false) => info!(lease = %name, "the lease was no longer this node's to release"),
+                Ok(false) => info!(lease = %name, "not released: the lease changed meanwhile"),
                 Err(e) => warn!(lease = %name, error = %e, "releasing lease"),
             }
         })
@@ -609,7 +622,7 @@ impl LeaseActor {
     /// confirmed, writes the release (when held).
     fn withdraw(&mut self, ctx: &mut Context<Self>, name: &str) {
         self.set_leading(name, false, "withdrawn");
-        let release = self.release(name);
+        let release = self.release(name, false);
         let Some(slot) = self.slots.remove(name) else {
             return;
         };
@@ -823,7 +836,7 @@ impl Handler<Campaign> for LeaseActor {
     type Result = ();
     fn handle(&mut self, msg: Campaign, _ctx: &mut Context<Self>) {
         let name = lease_for_service(&msg.service);
-        if self.slots.contains_key(&name) {
+        if self.stopping || self.slots.contains_key(&name) {
             return;
         }
         debug!(service = %msg.service, lease = %name, "campaigning");
@@ -859,11 +872,12 @@ impl Handler<Withdraw> for LeaseActor {
 impl Handler<ReleaseAll> for LeaseActor {
     type Result = ResponseActFuture<Self, ()>;
     fn handle(&mut self, _: ReleaseAll, _ctx: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
         let names: Vec<String> = self.slots.keys().cloned().collect();
         let mut releases = Vec::new();
         for name in &names {
             self.set_leading(name, false, "shutdown");
-            if let Some(fut) = self.release(name) {
+            if let Some(fut) = self.release(name, true) {
                 releases.push(fut);
             }
         }

@@ -28,6 +28,8 @@ use kube::api::{ListParams, PostParams};
 /// and the release is then refused (409): the Lease is read again and the
 /// release written on its new version while `ours` says the Lease is still
 /// this node's to release. `Ok(false)`: it no longer was, nothing written.
+/// Only for shutdown, when nothing of this node can open a fence for the
+/// Lease again: `ours` cannot tell the crossing renewal from a new one.
 pub async fn write_release(
     api: &Api<Lease>,
     name: &str,
@@ -43,7 +45,11 @@ pub async fn write_release(
         }
         // A list by name: the Role grants no `get` on Leases.
         let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
-        let Some(current) = api.list(&by_name).await?.items.into_iter().next() else {
+        let listed = api.list(&by_name).await?.items;
+        let Some(current) = listed
+            .into_iter()
+            .find(|l| l.metadata.name.as_deref() == Some(name))
+        else {
             return Ok(false);
         };
         if !ours(&current) {

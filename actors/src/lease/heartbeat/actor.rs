@@ -492,8 +492,13 @@ impl HeartbeatActor {
         }
         if let Err(e) = result.and(txn.commit()) {
             warn!(error = %e, "committing leases table");
-            // Not written: the next pass writes every row again.
-            self.rows.clear();
+            // Some steps may not be written: the next pass writes again
+            // every row the table holds (a digest that matches nothing)
+            // and deletes those it no longer has.
+            self.rows = match self.table.list(&self.db) {
+                Ok(rows) => rows.into_iter().map(|e| (e.row.service, (0, 0))).collect(),
+                Err(_) => HashMap::new(),
+            };
         }
     }
 }
@@ -622,6 +627,10 @@ impl Handler<Campaign> for HeartbeatActor {
 impl Handler<Withdraw> for HeartbeatActor {
     type Result = ();
     fn handle(&mut self, msg: Withdraw, ctx: &mut Context<Self>) {
+        // Stopping: everything is released already, and no tick runs.
+        if self.stopping {
+            return;
+        }
         self.core.withdraw(&msg.service);
         // Close and release at once rather than at the next tick.
         let actions = self.core.tick(Instant::now());

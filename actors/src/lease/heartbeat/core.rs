@@ -201,6 +201,8 @@ pub struct HeartbeatCore {
     /// seen before the ranks are (the first node up would take them all).
     joined_at: Option<Instant>,
     heartbeat_in_flight: bool,
+    /// [`Self::release_all`] ran: nothing is held or campaigned for again.
+    stopped: bool,
     heartbeat_attempt: Option<Instant>,
     evicting: BTreeSet<String>,
     /// Shards with a write in flight.
@@ -262,6 +264,7 @@ impl HeartbeatCore {
             epoch: None,
             renewed_sent: None,
             joined_at: None,
+            stopped: false,
             heartbeat_in_flight: false,
             heartbeat_attempt: None,
             evicting: BTreeSet::new(),
@@ -364,6 +367,9 @@ impl HeartbeatCore {
     /// This node is (again) eligible for `claim`, whose member Services are
     /// `members`.
     pub fn campaign(&mut self, claim: &str, members: Vec<String>) {
+        if self.stopped {
+            return;
+        }
         if self.eligible.get(claim) != Some(&members) {
             self.eligible.insert(claim.to_string(), members);
             self.touch();
@@ -563,6 +569,9 @@ impl HeartbeatCore {
     /// epoch), when this process is a member.
     pub fn release_all(&mut self) -> Option<(String, Heartbeat)> {
         self.touch();
+        // For good: a campaign or a renewal answered after this opens
+        // nothing (the release may be written over such a renewal).
+        self.stopped = true;
         self.held.clear();
         self.eligible.clear();
         let epoch = self.epoch?;
@@ -617,7 +626,7 @@ impl HeartbeatCore {
     /// The claims this node answers now: assigned to its current epoch,
     /// eligible, not being released, and only while joined.
     fn should_hold(&self, now: Instant) -> BTreeSet<String> {
-        if !self.joined(now) {
+        if self.stopped || !self.joined(now) {
             return BTreeSet::new();
         }
         self.eligible

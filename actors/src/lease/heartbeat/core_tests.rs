@@ -228,3 +228,47 @@ fn a_node_that_is_a_candidate_for_nothing_is_not_waited_for() {
     // node-c's heartbeat says it is a candidate for nothing: no more wait.
     assert!(bids_at(true).expect("bids") < Duration::from_millis(250));
 }
+
+/// After `release_all` (shutdown: fences closed, the release about to be
+/// written, possibly over a renewal of its own that crossed it), nothing
+/// opens a fence again: not a campaign, not that renewal's answer.
+#[test]
+fn after_release_all_nothing_opens_again() {
+    let t0 = Instant::now();
+    let mut c = core("node-a");
+    c.campaign("ns/web", vec!["ns/web".into()]);
+    c.tick(t0);
+    c.heartbeat_written(Some((hb("node-a", 1), "1".into())), t0, t0);
+    // Seen free now, bid once the join grace has passed.
+    c.tick(t0);
+    let t1 = t0 + Duration::from_millis(200);
+    let a = c.tick(t1);
+    let Some(Action::WriteShard {
+        shard, assignments, ..
+    }) = a
+        .iter()
+        .find(|a| matches!(a, Action::WriteShard { .. }))
+        .cloned()
+    else {
+        panic!("expected a shard write, got {a:?}");
+    };
+    let a = c.shard_written(shard, None, Some((assignments, "2".into())), t1);
+    assert!(a.contains(&Action::OpenClaim("ns/web".into())), "{a:?}");
+    let (rv, released) = c.release_all().expect("a release to write");
+    assert_eq!((rv.as_str(), released.holder.as_str()), ("1", ""));
+    assert!(c.held().is_empty());
+    // Campaigns that were on their way, and a renewal that crossed.
+    c.campaign("ns/web", vec!["ns/web".into()]);
+    let t2 = t1 + Duration::from_millis(50);
+    let a = c.heartbeat_written(Some((hb("node-a", 1), "3".into())), t2, t2);
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::OpenClaim(_))),
+        "{a:?}"
+    );
+    let a = c.tick(t2 + Duration::from_millis(500));
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::OpenClaim(_))),
+        "{a:?}"
+    );
+    assert!(c.held().is_empty());
+}

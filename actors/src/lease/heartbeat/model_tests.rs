@@ -38,6 +38,11 @@ enum Fault {
     ApiPause { ms: u64 },
     /// The node's eligibility for a claim flips.
     Flip { node: usize, claim: usize },
+    /// The agent stops gracefully (SIGTERM): its fences close, it writes
+    /// its heartbeat as released (retried over a renewal of its own that
+    /// crossed it), meanwhile still handling answers, watch events and
+    /// campaigns; then it exits, and starts again `down_ms` later.
+    Stop { node: usize, down_ms: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -66,11 +71,23 @@ enum Request {
         rv: Option<String>,
         assignments: Shard,
     },
+    Release {
+        rv: String,
+        hb: Heartbeat,
+        attempt: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
 enum Response {
     Heartbeat(Option<(Heartbeat, String)>),
+    /// Written; else whether it was refused (not lost).
+    Release {
+        written: bool,
+        refused: bool,
+        hb: Heartbeat,
+        attempt: u32,
+    },
     Evict(String, Option<(Heartbeat, String)>),
     Shard(u32, Option<String>, Option<(Shard, String)>),
 }
@@ -144,6 +161,8 @@ struct Node {
     stalled_until: u64,
     last_watch: u64,
     pending: BTreeMap<u64, Instant>,
+    /// Stopping gracefully: restarts this long after it exits.
+    stopping: Option<u64>,
 }
 
 struct Sim {
@@ -195,6 +214,7 @@ impl Sim {
                 stalled_until: 0,
                 last_watch: 0,
                 pending: BTreeMap::new(),
+                stopping: None,
             })
             .collect();
         let mut sim = Sim {
@@ -246,6 +266,7 @@ impl Sim {
         node.incarnation += 1;
         node.last_watch = self.now;
         node.pending.clear();
+        node.stopping = None;
         self.push(self.now + TICK.as_millis() as u64, Event::Tick(i));
     }
 
@@ -263,6 +284,12 @@ impl Sim {
                 Request::Heartbeat { .. } => Response::Heartbeat(None),
                 Request::Evict { node, .. } => Response::Evict(node.clone(), None),
                 Request::Shard { shard, rv, .. } => Response::Shard(*shard, rv.clone(), None),
+                Request::Release { hb, attempt, .. } => Response::Release {
+                    written: false,
+                    refused: false,
+                    hb: hb.clone(),
+                    attempt: *attempt,
+                },
             };
             let at = self.now + REQUEST_TIMEOUT.as_millis() as u64;
             self.push(
@@ -408,6 +435,34 @@ impl Sim {
                     (Response::Shard(shard, rv, None), None)
                 }
             }
+            Request::Release { rv, hb, attempt } => {
+                let name = self.nodes[i].name.clone();
+                let current = self.api.heartbeats.get(&name).map(|(_, r)| *r);
+                if check(current, &Some(rv)) {
+                    self.api.rv += 1;
+                    let r = self.api.rv;
+                    self.api.heartbeats.insert(name.clone(), (hb.clone(), r));
+                    (
+                        Response::Release {
+                            written: true,
+                            refused: false,
+                            hb: hb.clone(),
+                            attempt,
+                        },
+                        Some(Change::Heartbeat(name, hb, r.to_string())),
+                    )
+                } else {
+                    (
+                        Response::Release {
+                            written: false,
+                            refused: true,
+                            hb,
+                            attempt,
+                        },
+                        None,
+                    )
+                }
+            }
         };
         // The answer comes back unless the node is cut off by then.
         let back = self.now + self.scenario.request_ms[i];
@@ -452,6 +507,10 @@ impl Sim {
         let now = self.at(self.now);
         match event {
             Event::Tick(i) => {
+                // A stopping agent no longer ticks.
+                if self.nodes[i].stopping.is_some() {
+                    return;
+                }
                 let actions = match self.nodes[i].core.as_mut() {
                     Some(core) => core.tick(now),
                     None => return,
@@ -487,6 +546,15 @@ impl Sim {
                         Vec::new()
                     }
                     Response::Shard(s, rv, r) => core.shard_written(s, rv, r, now),
+                    Response::Release {
+                        written,
+                        refused,
+                        hb,
+                        attempt,
+                    } => {
+                        self.release_answered(i, written, refused, hb, attempt);
+                        return;
+                    }
                 };
                 self.apply(i, actions);
             }
@@ -513,11 +581,73 @@ impl Sim {
         self.check();
     }
 
+    /// The agent's exit after a graceful stop.
+    fn exit(&mut self, i: usize) {
+        if let Some(down_ms) = self.nodes[i].stopping.take() {
+            self.nodes[i].core = None;
+            self.push(self.now + down_ms, Event::Restart(i));
+        }
+    }
+
+    /// The answer to a release (`write_release`): refused, the heartbeat
+    /// is read again (here: as the API server holds it now) and the
+    /// release written on its version while it is still this node's live
+    /// heartbeat of that epoch; written, lost or given up: the agent exits.
+    fn release_answered(
+        &mut self,
+        i: usize,
+        written: bool,
+        refused: bool,
+        hb: Heartbeat,
+        attempt: u32,
+    ) {
+        let name = self.nodes[i].name.clone();
+        if !written
+            && refused
+            && attempt < 5
+            && let Some((current, rv)) = self.api.heartbeats.get(&name)
+            && current.member(&name)
+            && current.epoch == hb.epoch
+        {
+            let rv = rv.to_string();
+            self.send(
+                i,
+                Request::Release {
+                    rv,
+                    hb,
+                    attempt: attempt + 1,
+                },
+            );
+            return;
+        }
+        self.exit(i);
+    }
+
     fn fault(&mut self, f: Fault) {
         match f {
             Fault::Crash { node, down_ms } => {
+                self.nodes[node].stopping = None;
                 if self.nodes[node].core.take().is_some() {
                     self.push(self.now + down_ms, Event::Restart(node));
+                }
+            }
+            Fault::Stop { node, down_ms } => {
+                let n = &mut self.nodes[node];
+                if n.stopping.is_some() {
+                    return;
+                }
+                let Some(core) = n.core.as_mut() else {
+                    return;
+                };
+                // ReleaseAll: every fence closed (and confirmed), then the
+                // release written.
+                let release = core.release_all();
+                n.datapath.open.clear();
+                n.datapath.inherited.clear();
+                n.stopping = Some(down_ms);
+                match release {
+                    Some((rv, hb)) => self.send(node, Request::Release { rv, hb, attempt: 1 }),
+                    None => self.exit(node),
                 }
             }
             Fault::Partition { node, ms } => {
@@ -633,6 +763,12 @@ fn failed(resp: Response) -> Response {
         Response::Heartbeat(_) => Response::Heartbeat(None),
         Response::Evict(n, _) => Response::Evict(n, None),
         Response::Shard(s, rv, _) => Response::Shard(s, rv, None),
+        Response::Release { hb, attempt, .. } => Response::Release {
+            written: false,
+            refused: false,
+            hb,
+            attempt,
+        },
     }
 }
 
@@ -650,7 +786,10 @@ fn run(scenario: Scenario) -> Result<(), TestCaseError> {
         .iter()
         .map(|(at, f)| {
             at + match f {
+                // A stop's release takes a few requests at most (each
+                // lost one times out).
                 Fault::Crash { down_ms, .. } => *down_ms,
+                Fault::Stop { down_ms, .. } => *down_ms + 5 * REQUEST_TIMEOUT.as_millis() as u64,
                 Fault::Partition { ms, .. } | Fault::Stall { ms, .. } | Fault::ApiPause { ms } => {
                     *ms
                 }
@@ -691,6 +830,7 @@ fn fault(nodes: usize, claims: usize) -> impl Strategy<Value = (u64, Fault)> {
         (0..nodes, 0u64..6_000).prop_map(|(node, ms)| Fault::Stall { node, ms }),
         (0u64..6_000).prop_map(|ms| Fault::ApiPause { ms }),
         (0..nodes, 0..claims).prop_map(|(node, claim)| Fault::Flip { node, claim }),
+        (0..nodes, 0u64..6_000).prop_map(|(node, down_ms)| Fault::Stop { node, down_ms }),
     ];
     (0u64..20_000, kind)
 }
@@ -808,4 +948,37 @@ fn without_faults_each_claim_is_placed_on_its_rendezvous_winner() {
         misplaced.len(),
         &misplaced[..misplaced.len().min(5)]
     );
+}
+
+/// A graceful stop whose release crosses a renewal of its own, while the
+/// Services' campaigns still come (a claim withdrawn and campaigned for
+/// again): the release is written over that renewal, so nothing the
+/// stopping node does afterwards may open a fence. Swept over the renewal
+/// cycle so that some stops fall while a renewal is in flight.
+#[test]
+fn a_stop_crossed_by_a_renewal_and_campaigns_opens_nothing_again() {
+    let claims = 4;
+    for offset in 0..25u64 {
+        let at = 5_000 + offset * 9;
+        let mut faults = vec![(
+            at,
+            Fault::Stop {
+                node: 0,
+                down_ms: 2_000,
+            },
+        )];
+        for claim in 0..claims {
+            faults.push((at + 1, Fault::Flip { node: 0, claim }));
+            faults.push((at + 2, Fault::Flip { node: 0, claim }));
+        }
+        let s = Scenario {
+            nodes: 2,
+            claims,
+            eligible: vec![vec![true; claims]; 2],
+            request_ms: vec![40, 5],
+            watch_ms: vec![5, 5],
+            faults,
+        };
+        run(s).unwrap_or_else(|e| panic!("stop at {at} ms: {e}"));
+    }
 }
