@@ -504,9 +504,10 @@ pub(crate) fn decode_u64(bytes: &[u8]) -> Option<u64> {
 /// How many rows a writer that needs no atomicity across them commits at
 /// a time ([`WriteTxn::checkpoint_when_full`]). sled keeps every version of
 /// the tree nodes a transaction rewrites until the transaction ends: one
-/// transaction of 5,000 rows held tens of MiB while it ran, and the heap it
+/// transaction of 5,000 rows held ~20 MiB while it ran, and the heap it
 /// grew stayed fragmented after (the agent's RSS at 5,000 Services fell by
-/// a third once its bulk writers committed every few hundred rows).
+/// a third once its bulk writers committed every few hundred rows). Each
+/// step is a commit of its own, flushed as the [`Durability`] says.
 pub const ROWS_PER_COMMIT: usize = 256;
 
 /// A write transaction over any number of tables. Reads through it see its
