@@ -146,13 +146,16 @@ fn a_claim_of_a_live_node_is_never_taken_and_a_dead_one_is() {
     );
 }
 
-#[test]
-fn release_closes_the_fence_before_the_record_is_written() {
+/// `node-a` joined (heartbeat at resourceVersion "1"), bid for `ns/web`
+/// once its join grace passed and had the record write answered ("2"):
+/// the core, that instant, and the actions of that answer.
+fn holding_web() -> (HeartbeatCore, Instant, Vec<Action>) {
     let t0 = Instant::now();
     let mut c = core("node-a");
     c.campaign("ns/web", vec!["ns/web".into()]);
     c.tick(t0);
     c.heartbeat_written(Some((hb("node-a", 1), "1".into())), t0, t0);
+    // Seen free now, bid once the join grace has passed.
     c.tick(t0);
     let t1 = t0 + Duration::from_millis(200);
     let Some(Action::WriteShard {
@@ -164,7 +167,13 @@ fn release_closes_the_fence_before_the_record_is_written() {
     else {
         panic!("no bid");
     };
-    c.shard_written(shard, None, Some((assignments, "2".into())), t1);
+    let a = c.shard_written(shard, None, Some((assignments, "2".into())), t1);
+    (c, t1, a)
+}
+
+#[test]
+fn release_closes_the_fence_before_the_record_is_written() {
+    let (mut c, t1, _) = holding_web();
     c.withdraw("ns/web");
     let a = c.tick(t1);
     assert_eq!(
@@ -234,25 +243,7 @@ fn a_node_that_is_a_candidate_for_nothing_is_not_waited_for() {
 /// opens a fence again: not a campaign, not that renewal's answer.
 #[test]
 fn after_release_all_nothing_opens_again() {
-    let t0 = Instant::now();
-    let mut c = core("node-a");
-    c.campaign("ns/web", vec!["ns/web".into()]);
-    c.tick(t0);
-    c.heartbeat_written(Some((hb("node-a", 1), "1".into())), t0, t0);
-    // Seen free now, bid once the join grace has passed.
-    c.tick(t0);
-    let t1 = t0 + Duration::from_millis(200);
-    let a = c.tick(t1);
-    let Some(Action::WriteShard {
-        shard, assignments, ..
-    }) = a
-        .iter()
-        .find(|a| matches!(a, Action::WriteShard { .. }))
-        .cloned()
-    else {
-        panic!("expected a shard write, got {a:?}");
-    };
-    let a = c.shard_written(shard, None, Some((assignments, "2".into())), t1);
+    let (mut c, t1, a) = holding_web();
     assert!(a.contains(&Action::OpenClaim("ns/web".into())), "{a:?}");
     let (rv, released) = c.release_all().expect("a release to write");
     assert_eq!((rv.as_str(), released.holder.as_str()), ("1", ""));
