@@ -565,12 +565,13 @@ impl WriteTxn<'_> {
     }
 
     /// [`checkpoint`](WriteTxn::checkpoint) once [`ROWS_PER_COMMIT`] rows
-    /// are pending.
-    pub fn checkpoint_when_full(&mut self) -> Result<(), Error> {
-        if self.pending_rows() >= ROWS_PER_COMMIT {
+    /// are pending; whether it did.
+    pub fn checkpoint_when_full(&mut self) -> Result<bool, Error> {
+        let full = self.pending_rows() >= ROWS_PER_COMMIT;
+        if full {
             self.checkpoint()?;
         }
-        Ok(())
+        Ok(full)
     }
 
     fn apply(&mut self) -> Result<(), Error> {

@@ -387,25 +387,14 @@ impl<R: Reconcilable, T: Target<R>> Reconciler<R, T> {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let mut failed = Vec::new();
-        let result = self.write_statuses(outcomes, round, &mut failed);
-        // Retries for the failures written so far, even when a later step
-        // of the write failed (those rows are no longer pending).
-        for (pk, attempts) in failed {
-            self.schedule(pk, attempts, RetryOp::Update);
-        }
-        result
-    }
-
-    fn write_statuses(
-        &mut self,
-        outcomes: Vec<UpdateOutcome>,
-        round: &mut Round,
-        failed: &mut Vec<(Vec<u8>, u32)>,
-    ) -> Result<(), Error> {
         let primary = self.table.primary_index();
-        let mut txn = self.db.write_txn();
-        let mut step = Vec::new();
+        // Its own handle, so that retries can be scheduled while the
+        // transaction is open.
+        let db = self.db.clone();
+        let mut txn = db.write_txn();
+        // Failures whose statuses are not committed yet: their retries are
+        // scheduled once they are (a later step may fail).
+        let mut failed = Vec::new();
         for outcome in outcomes {
             let status = match outcome.result {
                 Ok(()) => {
@@ -426,7 +415,7 @@ impl<R: Reconcilable, T: Target<R>> Reconciler<R, T> {
                 continue; // rewritten meanwhile: its change comes next
             }
             if let Status::Error { attempts, .. } = &status {
-                step.push((outcome.pk, *attempts));
+                failed.push((outcome.pk, *attempts));
             }
             if current.row.status() != &status {
                 let mut row = current.row;
@@ -434,15 +423,20 @@ impl<R: Reconcilable, T: Target<R>> Reconciler<R, T> {
                 self.table.insert(&mut txn, row)?;
                 // Each status stands alone: a large round is committed in
                 // steps, which keeps sled's memory down.
-                if txn.pending_rows() >= crate::ROWS_PER_COMMIT {
-                    txn.checkpoint()?;
-                    failed.append(&mut step);
+                if txn.checkpoint_when_full()? {
+                    self.schedule_retries(&mut failed);
                 }
             }
         }
         txn.commit()?;
-        failed.append(&mut step);
+        self.schedule_retries(&mut failed);
         Ok(())
+    }
+
+    fn schedule_retries(&mut self, failed: &mut Vec<(Vec<u8>, u32)>) {
+        for (pk, attempts) in failed.drain(..) {
+            self.schedule(pk, attempts, RetryOp::Update);
+        }
     }
 }
 

@@ -54,13 +54,12 @@ struct Wanted {
     message: String,
     /// Only if the condition still names this node (a release).
     conditional: bool,
-    node: Arc<str>,
 }
 
 /// The observer half: hands changes to the writing task.
 pub struct ServiceStatus {
     tx: mpsc::UnboundedSender<Wanted>,
-    node: Arc<str>,
+    node: String,
 }
 
 impl ServiceStatus {
@@ -71,22 +70,14 @@ impl ServiceStatus {
         background: Arc<Background>,
     ) -> Arc<ServiceStatus> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write(client, background, rx));
+        tokio::spawn(write(client, background, node.to_string(), rx));
         Arc::new(ServiceStatus {
             tx,
             node: node.into(),
         })
     }
 
-    fn send(&self, mut w: Wanted) {
-        // Only the name, resourceVersion, generation and conditions are
-        // read here; a change may wait a while (thousands of them after a
-        // mass create), so it holds nothing else.
-        w.service.labels.clear();
-        w.service.external_ips = Vec::new();
-        w.service.load_balancer_ips = Vec::new();
-        w.service.uid = String::new();
-        w.service.load_balancer_class = None;
+    fn send(&self, w: Wanted) {
         let _ = self.tx.send(w);
     }
 }
@@ -121,33 +112,30 @@ impl AnnounceObserver for ServiceStatus {
     fn announcing(&self, service: &ServiceView, announcing: bool, entries: &Candidacy) {
         if announcing {
             self.send(Wanted {
-                service: service.clone(),
+                service: service.slim(true),
                 status: "True",
                 reason: REASON_ANNOUNCED,
                 message: announced_message(&self.node, entries),
                 conditional: false,
-                node: self.node.clone(),
             });
         } else {
             self.send(Wanted {
-                service: service.clone(),
+                service: service.slim(true),
                 status: "False",
                 reason: REASON_NOT_ANNOUNCED,
                 message: format!("node {} stopped announcing it", self.node),
                 conditional: true,
-                node: self.node.clone(),
             });
         }
     }
 
     fn not_announceable(&self, service: &ServiceView, reason: &'static str, why: &str) {
         self.send(Wanted {
-            service: service.clone(),
+            service: service.slim(true),
             status: "False",
             reason,
             message: why.to_string(),
             conditional: true,
-            node: self.node.clone(),
         });
     }
 }
@@ -190,6 +178,7 @@ fn next_conditions(w: &Wanted, node: &str, ours_after: bool) -> Option<Vec<Condi
 async fn write(
     client: kube::Client,
     background: Arc<Background>,
+    node: String,
     mut rx: mpsc::UnboundedReceiver<Wanted>,
 ) {
     let mut budgets: HashMap<String, EventBudget> = HashMap::new();
@@ -231,8 +220,8 @@ async fn write(
             let ours_after = mine
                 .get(&key)
                 .is_some_and(|rv| *rv != w.service.resource_version);
-            let seen_ours = current(&w.service).is_some_and(|c| names(c, &w.node));
-            let Some(conditions) = next_conditions(&w, &w.node, ours_after && !seen_ours) else {
+            let seen_ours = current(&w.service).is_some_and(|c| names(c, &node));
+            let Some(conditions) = next_conditions(&w, &node, ours_after && !seen_ours) else {
                 continue;
             };
             let now = Instant::now();

@@ -37,7 +37,9 @@ pub async fn write_release(
     ours: impl Fn(&Lease) -> bool,
 ) -> Result<bool, kube::Error> {
     const ATTEMPTS: usize = 5;
-    for attempt in 1.. {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         match api.replace(name, &PostParams::default(), &lease).await {
             Ok(_) => return Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 && attempt < ATTEMPTS => {}
@@ -57,7 +59,6 @@ pub async fn write_release(
         }
         lease.metadata.resource_version = current.metadata.resource_version;
     }
-    unreachable!("the loop returns by its last attempt")
 }
 
 /// Which election the agent runs.

@@ -484,13 +484,7 @@ impl ServiceActor {
             _ => None,
         };
         // What a stop report needs when the Service is gone by then.
-        let kept = |v: ServiceView| ServiceView {
-            labels: BTreeMap::new(),
-            conditions: Vec::new(),
-            external_ips: Vec::new(),
-            load_balancer_ips: Vec::new(),
-            ..v
-        };
+        let kept = |v: ServiceView| v.slim(false);
         match (now, self.announcing.get_mut(service)) {
             (Some((view, c)), Some(known)) => {
                 // Keep what is announced current for the stop report

@@ -64,8 +64,7 @@ impl ClaimGroups {
     /// Sets the claimed IPs of `service` (empty: it claims nothing). Returns
     /// every Service whose claim changed (joined, left or renamed), `service`
     /// included when its own did, with its claim before and after.
-    pub fn set(&mut self, service: &str, ips: BTreeSet<IpAddr>) -> Vec<ClaimChange> {
-        let ips: VecSet<IpAddr> = ips.into_iter().collect();
+    pub fn set(&mut self, service: &str, ips: VecSet<IpAddr>) -> Vec<ClaimChange> {
         let old = self.ips.get(service).cloned().unwrap_or_default();
         if old == ips {
             return Vec::new();
@@ -177,7 +176,7 @@ impl ClaimGroups {
 mod tests {
     use super::*;
 
-    fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
+    fn ips(list: &[&str]) -> VecSet<IpAddr> {
         list.iter().map(|s| s.parse().expect("ip")).collect()
     }
 
@@ -240,7 +239,7 @@ mod tests {
         let changed = g.set("ns/c", ips(&["192.0.2.3", "192.0.2.2"]));
         assert_eq!(names(&changed), ["ns/c"]);
         // a leaves: the group is renamed after b, a has no claim.
-        let changed = g.set("ns/a", BTreeSet::new());
+        let changed = g.set("ns/a", VecSet::new());
         assert_eq!(names(&changed), ["ns/a", "ns/b", "ns/c"]);
         assert_eq!(g.claim_of("ns/a"), None);
         assert_eq!(g.claim_of("ns/c"), Some("ns/b"));
@@ -255,7 +254,7 @@ mod tests {
     fn incremental_grouping_matches_grouping_from_scratch() {
         // A deterministic pseudo-random sequence of changes.
         let mut g = ClaimGroups::default();
-        let mut state: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        let mut state: BTreeMap<String, VecSet<IpAddr>> = BTreeMap::new();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for _ in 0..2000 {
             x ^= x << 13;
@@ -263,7 +262,7 @@ mod tests {
             x ^= x << 17;
             let svc = format!("ns/s{}", x % 40);
             let n = (x >> 8) % 3;
-            let set: BTreeSet<IpAddr> = (0..n)
+            let set: VecSet<IpAddr> = (0..n)
                 .map(|k| IpAddr::from([192, 0, 2, ((x >> (16 + 8 * k)) % 30) as u8]))
                 .collect();
             g.set(&svc, set.clone());

@@ -45,6 +45,29 @@ impl ServiceView {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// A copy without what only the selection reads (labels, IPs), and
+    /// without the conditions unless `conditions`: what a report that may
+    /// wait, or outlive the Service, needs to name and update it.
+    pub fn slim(&self, conditions: bool) -> ServiceView {
+        ServiceView {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            labels: BTreeMap::new(),
+            load_balancer_class: self.load_balancer_class.clone(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            traffic_policy_local: self.traffic_policy_local,
+            resource_version: self.resource_version.clone(),
+            generation: self.generation,
+            conditions: if conditions {
+                self.conditions.clone()
+            } else {
+                Vec::new()
+            },
+        }
+    }
 }
 
 /// What a node needs beyond the policies to decide.
@@ -79,8 +102,8 @@ pub fn claimed_ips(
     policies: &[CompiledPolicy],
     service: &ServiceView,
     external_ips_enabled: bool,
-) -> BTreeSet<IpAddr> {
-    let mut ips = BTreeSet::new();
+) -> VecSet<IpAddr> {
+    let mut ips = VecSet::new();
     if !matches!(
         service.load_balancer_class.as_deref(),
         None | Some(L2_ANNOUNCER_CLASS)

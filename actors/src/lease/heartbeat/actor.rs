@@ -482,13 +482,13 @@ impl HeartbeatActor {
                 warn!(error = %e, "deleting from leases table");
             }
             self.rows.remove(k);
-            result = result.and(txn.checkpoint_when_full());
+            result = result.and(txn.checkpoint_when_full().map(drop));
         }
         for row in changed {
             if let Err(e) = self.table.insert(&mut txn, row) {
                 warn!(error = %e, "writing leases table");
             }
-            result = result.and(txn.checkpoint_when_full());
+            result = result.and(txn.checkpoint_when_full().map(drop));
         }
         if let Err(e) = result.and(txn.commit()) {
             warn!(error = %e, "committing leases table");
